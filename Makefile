@@ -1,0 +1,34 @@
+# The README's quick start: `make demo` and `make test` each set everything up on a fresh machine
+# (idempotent: a second run reinstalls nothing) and then run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint clean-venv
+
+setup: $(STAMP)
+
+# libusb-1.0-0 is the system library open3d (pulled in by nerfstudio) needs at import time.
+$(STAMP): pyproject.toml
+	@if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0.so.0; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0; \
+	  else \
+	    echo "warning: libusb-1.0-0 is missing (open3d needs it): install it with your system's package manager"; \
+	  fi; \
+	fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,281 @@
+"""The synchronised sampler: N diffusion processes, one per view, kept consistent through a canonical space.
+
+Notation (the paper's; docs/conventions.md): the canonical variable `z`, the instances `x` stacked over views,
+the projection `f = bridge.project` and the aggregation `g = bridge.unproject`, Tweedie `phi(x_t, eps) -> x0_hat`
+and one reverse step `psi(x_t, x0_hat) -> x_prev` (DDIM or DDPM, `sync_splat.functional.diffusion`).
+
+The paper's cases differ only in *what* is aggregated through g (then re-projected by f) and *where* the state
+lives, so a case is data (`SyncConfig.aggregate`, `SyncConfig.state_space`) and the step is written once:
+
+| case | state_space | aggregate | one synchronised step |
+|---|---|---|---|
+| 0 | instance | none | every view steps on its own |
+| 1 | instance | eps | eps_i <- f_i(g(eps)); x_i <- psi(x_i, phi(x_i, eps_i)) |
+| 2 (SyncTweedies) | instance | x0 | x0_i <- f_i(g(x0_hat)); x_i <- psi(x_i, x0_i) |
+| 3 | instance | x_prev | x_i <- f_i(g(psi(x, x0_hat))) (MultiDiffusion) |
+| 4 | canonical | eps | z <- psi(z, phi(z, g(eps_hat of f(z)))) |
+| 5 | canonical | x0 | z <- psi(z, g(x0_hat of f(z))) (SyncMVD) |
+
+Instance pixels the canonical space does not cover keep their own value: f is always called with the instances'
+own tensor as background. Synchronisation runs while `t > (1 - sync_until) * T`; afterwards every view steps on its
+own (a canonical state is first projected into the views). State is explicit: `init` returns a `SamplerState` and
+`step` returns the next one, so a trainer can run one step per iteration and checkpoint the state in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from sync_splat.bridges.base import Bridge
+from sync_splat.denoisers.base import Denoiser
+from sync_splat.errors import InputError
+from sync_splat.functional.diffusion import ddim_step, ddpm_step, tweedie
+
+Aggregate = Literal["none", "eps", "x0", "x_prev"]
+StateSpace = Literal["instance", "canonical"]
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """How the views are synchronised and how each process is stepped. The default is SyncTweedies (case 2)."""
+
+    aggregate: Aggregate = "x0"
+    """What is averaged through the canonical space: nothing, the noise predictions, the Tweedie estimates, or the
+    next states."""
+    state_space: StateSpace = "instance"
+    """Where the diffusion state lives while synchronised: one sample per view, or one canonical sample."""
+    num_steps: int = 30
+    """Number of denoising steps."""
+    sync_until: float = 0.8
+    """Fraction of the schedule that is synchronised: steps with t > (1 - sync_until) * T (the paper's mvd_end)."""
+    method: Literal["ddim", "ddpm"] = "ddim"
+    """The reverse step: deterministic DDIM (with eta) or ancestral DDPM."""
+    eta: float = 0.0
+    """DDIM stochasticity (0 is deterministic); the noise is scaled correctly, unlike the official code."""
+    consistent_noise: bool = True
+    """Instance cases: start every view from f(z_T), so overlaps start equal, instead of i.i.d. noise per view."""
+    final_aggregation: bool = True
+    """Instance cases: end with one more aggregation f(g(x_0)), as the paper's applications do."""
+
+    @classmethod
+    def case(cls, number: int) -> SyncConfig:
+        """The paper's case `number` (0 = no synchronisation, 2 = SyncTweedies) with default settings."""
+        if number not in PAPER_CASES:
+            raise InputError(f"case {number} does not exist: the paper's cases are 0 to 5 (2 is SyncTweedies)")
+        aggregate, state_space = PAPER_CASES[number]
+        return cls(aggregate=aggregate, state_space=state_space)
+
+    @property
+    def case_number(self) -> int | None:
+        """The paper's number for this (aggregate, state_space) pair."""
+        return next((n for n, pair in PAPER_CASES.items() if pair == (self.aggregate, self.state_space)), None)
+
+    def check(self) -> None:
+        """Raise `InputError` for settings that name no case or cannot run."""
+        if self.case_number is None:
+            raise InputError(
+                f"aggregate={self.aggregate!r} with state_space={self.state_space!r} is not one of the paper's cases: "
+                "a canonical state aggregates 'eps' or 'x0'"
+            )
+        if not 0.0 <= self.sync_until <= 1.0:
+            raise InputError(f"sync_until must be in [0, 1], got {self.sync_until}")
+        if self.num_steps < 1:
+            raise InputError(f"num_steps must be at least 1, got {self.num_steps}")
+        if self.eta < 0.0:
+            raise InputError(f"eta must be non-negative, got {self.eta}")
+
+
+PAPER_CASES: dict[int, tuple[Aggregate, StateSpace]] = {
+    0: ("none", "instance"),
+    1: ("eps", "instance"),
+    2: ("x0", "instance"),
+    3: ("x_prev", "instance"),
+    4: ("eps", "canonical"),
+    5: ("x0", "canonical"),
+}
+
+SYNC_TWEEDIES = SyncConfig()
+"""The paper's recommended case 2: average the Tweedie estimates, keep one state per view."""
+
+
+@dataclass(frozen=True)
+class SamplerState:
+    """Everything a run needs to continue: tensors and counters only, so it can be checkpointed.
+
+    Attributes:
+        step_index: how many steps have been taken (0 after `init`).
+        x_t: [N, C, h, w] instance samples; in canonical cases, the views' own samples where z does not reach.
+        z_t: the canonical sample while a canonical case is synchronised, else None.
+        z0_hat: the latest canonical Tweedie estimate g(x0_hat): the live preview and the fit's warm start.
+        x0_hat: [N, C, h, w] the latest instance Tweedie estimates, after synchronisation.
+        rng_state: the generator's state, so a resumed run draws the same noise as an uninterrupted one.
+    """
+
+    step_index: int
+    x_t: Tensor
+    z_t: Tensor | None
+    z0_hat: Tensor | None
+    x0_hat: Tensor | None
+    rng_state: Tensor
+
+    def to_dict(self) -> dict[str, object]:
+        """A plain dict for `torch.save` (checkpoints)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> SamplerState:
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class SamplerResult:
+    """The end of a run: the canonical answer and the views it renders to."""
+
+    z: Tensor
+    x: Tensor
+
+
+class SyncSampler:
+    """Runs the synchronised reverse process of one denoiser over one bridge.
+
+    Args:
+        denoiser: the diffusion model (`sync_splat.denoisers.Denoiser`).
+        bridge: the geometry between canonical and instance spaces (`sync_splat.bridges.Bridge`).
+        config: the case and step settings; SyncTweedies by default.
+    """
+
+    def __init__(self, denoiser: Denoiser, bridge: Bridge, config: SyncConfig = SYNC_TWEEDIES) -> None:
+        config.check()
+        if not bridge.linear and config.aggregate in ("eps", "x_prev"):
+            raise InputError(
+                f"this bridge's canonical space is not linear in the denoiser's space, so aggregate="
+                f"{config.aggregate!r} (case {config.case_number}) cannot run on it: use case 2 (x0) or 5"
+            )
+        self.denoiser = denoiser
+        self.bridge = bridge
+        self.config = config
+        self.timesteps: list[int] = denoiser.schedule.timesteps(config.num_steps).tolist()
+        self.conditions = bridge.conditions()
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    def is_synchronised(self, t: int) -> bool:
+        """Whether the step at train timestep t aggregates through the canonical space."""
+        if self.config.aggregate == "none":
+            return False
+        return t > (1.0 - self.config.sync_until) * self.denoiser.schedule.num_train_timesteps
+
+    def init(self, generator: torch.Generator) -> SamplerState:
+        """Draw the initial noise: the bridge's view-consistent noise, or i.i.d. noise per view."""
+        z_T, x_T = self.bridge.initial_noise(generator)
+        canonical = self.config.state_space == "canonical"
+        if not (canonical or self.config.consistent_noise):
+            x_T = _randn_like(x_T, generator)
+        return SamplerState(
+            step_index=0,
+            x_t=x_T,
+            z_t=z_T if canonical and self.is_synchronised(self.timesteps[0]) else None,
+            z0_hat=None,
+            x0_hat=None,
+            rng_state=generator.get_state(),
+        )
+
+    def step(self, state: SamplerState) -> SamplerState:
+        """Take one reverse step from `state`; returns the next state (the input is not modified)."""
+        if state.step_index >= self.num_steps:
+            raise ValueError(f"the run is complete: all {self.num_steps} steps were taken")
+        generator = torch.Generator().set_state(state.rng_state)
+        schedule = self.denoiser.schedule
+        t = self.timesteps[state.step_index]
+        t_prev = schedule.previous_timestep(t, self.num_steps, self.config.method)
+        alpha_bar = schedule.alpha_bar(t)
+        alpha_bar_prev = schedule.alpha_bar(t_prev, final=1.0 if self.config.method == "ddpm" else None)
+
+        def reverse(x_t: Tensor, x0_hat: Tensor) -> Tensor:
+            if self.config.method == "ddpm":
+                noise = _randn_like(x_t, generator) if alpha_bar_prev < 1.0 else None
+                return ddpm_step(x_t, x0_hat, alpha_bar, alpha_bar_prev, noise)
+            noise = _randn_like(x_t, generator) if self.config.eta > 0.0 else None
+            return ddim_step(x_t, x0_hat, alpha_bar, alpha_bar_prev, self.config.eta, noise)
+
+        f, g = self.bridge.project, self.bridge.unproject
+        synchronised = self.is_synchronised(t)
+        z_t, x_t = state.z_t, state.x_t
+        if z_t is not None and not synchronised:
+            # The canonical window has ended: from here on every view continues on its own.
+            x_t, z_t = f(z_t, background=x_t), None
+        if z_t is not None:
+            x_t = f(z_t, background=x_t)
+
+        eps_hat = self.denoiser.predict_eps(x_t, t, self.conditions)
+        x0_hat = tweedie(x_t, eps_hat, alpha_bar)
+        aggregate = self.config.aggregate if synchronised else "none"
+        z_prev = None
+
+        if z_t is not None:
+            if aggregate == "eps":
+                z0_hat = tweedie(z_t, g(eps_hat), alpha_bar)
+            else:
+                z0_hat = g(x0_hat, previous=state.z0_hat)
+            z_prev = reverse(z_t, z0_hat)
+            # Uncovered pixels go on with their own process; covered ones are re-rendered from z next step.
+            x_prev = reverse(x_t, x0_hat)
+            x0_hat = f(z0_hat, background=x0_hat)
+        elif aggregate == "eps":
+            eps_sync = f(g(eps_hat), background=eps_hat)
+            x0_hat = tweedie(x_t, eps_sync, alpha_bar)
+            z0_hat = g(x0_hat, previous=state.z0_hat)
+            x_prev = reverse(x_t, x0_hat)
+        elif aggregate == "x0":
+            z0_hat = g(x0_hat, previous=state.z0_hat)
+            x0_hat = f(z0_hat, background=x0_hat)
+            x_prev = reverse(x_t, x0_hat)
+        elif aggregate == "x_prev":
+            z0_hat = g(x0_hat, previous=state.z0_hat)
+            x_prev = reverse(x_t, x0_hat)
+            x_prev = f(g(x_prev), background=x_prev)
+        else:
+            z0_hat = g(x0_hat, previous=state.z0_hat)
+            x_prev = reverse(x_t, x0_hat)
+
+        return SamplerState(
+            step_index=state.step_index + 1,
+            x_t=x_prev,
+            z_t=z_prev,
+            z0_hat=z0_hat,
+            x0_hat=x0_hat,
+            rng_state=generator.get_state(),
+        )
+
+    def finish(self, state: SamplerState) -> SamplerResult:
+        """The canonical answer of a completed run and its views (one last f(g(x_0)) where configured)."""
+        if state.step_index != self.num_steps:
+            raise ValueError(f"the run is not complete: {state.step_index} of {self.num_steps} steps taken")
+        if state.z_t is not None:
+            return SamplerResult(z=state.z_t, x=self.bridge.project(state.z_t, background=state.x_t))
+        z = self.bridge.unproject(state.x_t, previous=state.z0_hat)
+        x = self.bridge.project(z, background=state.x_t) if self.config.final_aggregation else state.x_t
+        return SamplerResult(z=z, x=x)
+
+    def sample(
+        self, generator: torch.Generator, callback: Callable[[SamplerState], None] | None = None
+    ) -> SamplerResult:
+        """Run every step from fresh noise; `callback` sees each new state (progress bars, live previews)."""
+        state = self.init(generator)
+        while state.step_index < self.num_steps:
+            state = self.step(state)
+            if callback is not None:
+                callback(state)
+        return self.finish(state)
+
+
+def _randn_like(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Standard normal noise shaped like x, drawn on the CPU generator so runs are reproducible on any device."""
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)

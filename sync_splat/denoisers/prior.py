@@ -1,0 +1,569 @@
+"""`GaussianTexturePrior`: an exact diffusion prior over stationary Gaussian textures, for the CPU, tests and demos.
+
+The prior lives in the denoiser space of pixel-space priors (docs/conventions.md): 3 channels, `x = rgb01 * 2 - 1`,
+no downsampling. A texture is a (mixture of) Gaussian random field(s) on the periodic h x w domain:
+
+    x0 = mu_m + A_m s,    s_j independent stationary fields with power spectra P_mj(f),    m ~ Categorical(pi)
+
+so per frequency k the 3 x 3 colour covariance of component m is `Sigma_m(k) = A_m diag(P_m(k)) A_m^T`, and the mean
+colour `mu_m` lives at DC only. Spectra are functions of continuous frequency `f = (fy, fx)` in cycles per pixel,
+so views of any size share one prior: on an h x w grid each frequency gets the spectrum's average over its cell, and
+each spectrum is scaled to unit integral, so every field has unit variance at every size. The presets' colours make
+x0's variance per element 0.2 to 0.45 (mean over channels) and its mean square 0.3 to 0.6: order one, like SD
+latents, while most pixels still decode inside [0, 1].
+
+Fourier convention: everything uses the unitary FFT, `torch.fft.fft2(x, norm="ortho")`. Under it white noise stays
+white (identity covariance per frequency) and `E[X(k) X(k)^H] = Sigma(k)`: `spectral_covariance` and
+`power_spectrum` are stated in these units. The full complex FFT is used throughout (not `rfft2`), so the sums of the
+log-likelihood over frequencies are exactly the pixel-domain ones.
+
+Because the prior is Gaussian (per component), Tweedie's posterior mean is exact: with
+`x_t = sqrt(a) x0 + sqrt(1 - a) eps` (a = alpha_bar_t) it is a Wiener filter per frequency,
+
+    E_m[x0 | x_t](k) = mu_m(k) + sqrt(a) Sigma_m(k) (a Sigma_m(k) + (1 - a) I)^-1 (X_t(k) - sqrt(a) mu_m(k)),
+
+and for a mixture `E[x0 | x_t] = sum_m p(m | x_t) E_m[x0 | x_t]`, the responsibilities coming from the exact
+likelihoods `x_t ~ N(sqrt(a) mu_m, a Sigma_m + (1 - a) I)`. Early in sampling the responsibilities are uncertain and
+the posterior mean blends the components' colours: mode averaging made visible.
+
+Dimension letters (docs/conventions.md): N views, h w pixels, M mixture components.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Literal, Protocol
+
+import torch
+from jaxtyping import Complex, Float
+from torch import Tensor
+
+from sync_splat.denoisers.base import ViewConditions
+from sync_splat.errors import InputError
+from sync_splat.functional.diffusion import NoiseSchedule, eps_from_x0
+
+RGB = tuple[float, float, float]
+
+# Spectra are integrated with the midpoint rule on at least this many frequencies per axis.
+_FINE_GRID = 512
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Spectral shapes: even functions of frequency (cycles per pixel), unnormalised.
+
+
+class Spectrum(Protocol):
+    """An unnormalised power spectral density of a stationary field, even in f."""
+
+    def density(self, fy: Tensor, fx: Tensor) -> Tensor:
+        """The density at frequencies (fy, fx) in cycles per pixel, each in [-1/2, 1/2); broadcasts."""
+        ...
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """`(|f|^2 + knee^2)^(-exponent / 2) * exp(-(|f| / cutoff)^2)`: 1/f^exponent above the knee, soft above cutoff."""
+
+    exponent: float
+    knee: float
+    cutoff: float = math.inf
+
+    def density(self, fy: Tensor, fx: Tensor) -> Tensor:
+        radius2 = fy**2 + fx**2
+        return (radius2 + self.knee**2) ** (-self.exponent / 2) * torch.exp(-radius2 / self.cutoff**2)
+
+
+@dataclass(frozen=True)
+class Ring:
+    """An isotropic band around `radius` cycles per pixel with Gaussian profile `width`: speckle of that size."""
+
+    radius: float
+    width: float
+
+    def density(self, fy: Tensor, fx: Tensor) -> Tensor:
+        return torch.exp(-0.5 * ((torch.sqrt(fy**2 + fx**2) - self.radius) / self.width) ** 2)
+
+
+def _along_across(fy: Tensor, fx: Tensor, angle_deg: float) -> tuple[Tensor, Tensor]:
+    """Frequency components along the direction `angle_deg` (from +x towards +y, rows down) and across it."""
+    uy, ux = math.sin(math.radians(angle_deg)), math.cos(math.radians(angle_deg))
+    return fx * ux + fy * uy, fy * ux - fx * uy
+
+
+@dataclass(frozen=True)
+class Oriented:
+    """Two Gaussian bumps of `width` at +-`frequency` along the wave direction `angle_deg`.
+
+    The field is a wavy grating of period 1 / frequency pixels whose bars run perpendicular to the wave direction.
+    """
+
+    frequency: float
+    angle_deg: float
+    width: float
+
+    def density(self, fy: Tensor, fx: Tensor) -> Tensor:
+        f_along, f_across = _along_across(fy, fx, self.angle_deg)
+        bumps = torch.exp(-0.5 * ((f_along - self.frequency) / self.width) ** 2) + torch.exp(
+            -0.5 * ((f_along + self.frequency) / self.width) ** 2
+        )
+        return bumps * torch.exp(-0.5 * (f_across / self.width) ** 2)
+
+
+@dataclass(frozen=True)
+class Elongated:
+    """An anisotropic Gaussian low-pass: the field varies slowly along `angle_deg` (fibres) and fast across it."""
+
+    angle_deg: float
+    along: float
+    across: float
+
+    def density(self, fy: Tensor, fx: Tensor) -> Tensor:
+        f_along, f_across = _along_across(fy, fx, self.angle_deg)
+        return torch.exp(-0.5 * ((f_along / self.along) ** 2 + (f_across / self.across) ** 2))
+
+
+@cache
+def _unit_variance_scale(spectrum: Spectrum) -> float:
+    """1 / (the integral of the density over [-1/2, 1/2)^2), so that the scaled field has unit variance."""
+    freqs = (torch.arange(_FINE_GRID, dtype=torch.float64) + 0.5) / _FINE_GRID - 0.5
+    return 1.0 / float(spectrum.density(freqs[:, None], freqs[None, :]).mean())
+
+
+def _cell_averaged_density(spectrum: Spectrum, h: int, w: int) -> Float[Tensor, "h w"]:
+    """The density averaged over each frequency cell of the h x w FFT grid (`fftfreq` order), float64.
+
+    Averaging over the cell (midpoint rule, at least `_FINE_GRID` points per axis in all) rather than sampling the
+    density at the cell centre keeps a field's variance, the mean over the grid, the same at every image size:
+    a small crop of a texture with large features gets their power at DC instead of losing it.
+    """
+
+    def points(n: int) -> Tensor:
+        per_cell = math.ceil(_FINE_GRID / n)
+        offsets = ((torch.arange(per_cell, dtype=torch.float64) + 0.5) / per_cell - 0.5) / n
+        return torch.fft.fftfreq(n, dtype=torch.float64)[:, None] + offsets[None, :]  # [n, per_cell]
+
+    density = spectrum.density(points(h)[:, :, None, None], points(w)[None, None, :, :])
+    return density.mean(dim=(1, 3))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Texture components and presets (data).
+
+
+@dataclass(frozen=True)
+class TextureField:
+    """One independent stationary field of unit variance and the colour it paints.
+
+    Attributes:
+        colour_rgb01: the change in rgb01 per unit of the field (its standard deviation in rgb01): a column of A.
+        spectrum: the field's spectral shape (normalised to unit variance by the prior).
+        grain: the fraction of the field's variance that is white (per-pixel) grain; keeps every frequency's power
+            positive.
+    """
+
+    colour_rgb01: RGB
+    spectrum: Spectrum
+    grain: float = 0.02
+
+
+@dataclass(frozen=True)
+class TextureComponent:
+    """One Gaussian texture: a mean colour and three independent fields (their colours must be independent).
+
+    Attributes:
+        mean_rgb01: the mean colour, rgb01.
+        fields: the three fields; their colours are the columns of the mixing matrix A (rgb01 units).
+        weight: the mixture weight pi_m (normalised over the components by the prior).
+    """
+
+    mean_rgb01: RGB
+    fields: tuple[TextureField, TextureField, TextureField]
+    weight: float = 1.0
+
+
+def _component(mean_rgb01: RGB, *fields: tuple[RGB, Spectrum, float], weight: float = 1.0) -> TextureComponent:
+    """A component from (colour, spectrum, grain) triples: the presets' compact notation."""
+    return TextureComponent(mean_rgb01, tuple(TextureField(*field) for field in fields), weight)
+
+
+_BLOBS = PowerLaw(exponent=4.0, knee=0.03, cutoff=0.2)
+_CHIPS = Ring(radius=0.07, width=0.035)
+_SOFT = PowerLaw(exponent=2.0, knee=0.05)
+
+# Preset name -> components (colours in rgb01; a field's colour is its standard deviation). Each comment names what
+# a field paints. Matching takes the preset named earliest in the prompt; the order here only breaks ties.
+PRESETS: dict[str, tuple[TextureComponent, ...]] = {
+    "marble": (
+        _component(
+            (0.74, 0.73, 0.71),
+            ((-0.23, -0.23, -0.22), Elongated(angle_deg=35.0, along=0.015, across=0.12), 0.02),  # streaked veins
+            ((-0.14, -0.12, -0.09), PowerLaw(exponent=3.0, knee=0.03), 0.02),  # warm grey clouding
+            ((-0.03, 0.00, 0.04), _SOFT, 0.02),  # cool tint
+        ),
+    ),
+    "wood": (
+        _component(
+            (0.56, 0.37, 0.21),
+            ((-0.27, -0.19, -0.11), Elongated(angle_deg=0.0, along=0.008, across=0.10), 0.02),  # growth rings
+            ((0.14, 0.07, 0.01), PowerLaw(exponent=3.0, knee=0.03), 0.02),  # heartwood and sapwood
+            ((-0.07, -0.07, -0.05), Elongated(angle_deg=0.0, along=0.02, across=0.40), 0.02),  # fibres
+        ),
+    ),
+    "stripes": (
+        _component(
+            (0.86, 0.50, 0.48),
+            ((0.08, 0.40, 0.40), Oriented(frequency=0.125, angle_deg=30.0, width=0.012), 0.02),  # red and white
+            ((0.04, 0.03, 0.02), _SOFT, 0.02),  # fading
+            ((0.00, 0.03, -0.04), PowerLaw(exponent=1.0, knee=0.1), 0.02),  # dye noise
+        ),
+    ),
+    "clouds": (
+        _component(
+            (0.50, 0.66, 0.92),
+            ((0.31, 0.23, 0.06), PowerLaw(exponent=2.0, knee=0.02, cutoff=0.1), 0.02),  # white clouds, 1/f^2
+            ((-0.07, -0.07, -0.07), PowerLaw(exponent=2.5, knee=0.03, cutoff=0.15), 0.02),  # grey undersides
+            ((-0.04, -0.02, 0.04), PowerLaw(exponent=3.0, knee=0.03), 0.02),  # deeper blue patches
+        ),
+    ),
+    "camouflage": (
+        _component(  # woodland: dark green, brown, black and khaki blobs
+            (0.30, 0.31, 0.20),
+            ((0.21, 0.20, 0.14), _BLOBS, 0.02),
+            ((0.11, -0.04, 0.00), _BLOBS, 0.02),
+            ((0.03, 0.04, -0.04), _BLOBS, 0.02),
+            weight=0.4,
+        ),
+        _component(  # desert: sand, tan and brown blobs
+            (0.72, 0.61, 0.45),
+            ((-0.22, -0.21, -0.17), _BLOBS, 0.02),
+            ((0.08, 0.00, -0.06), _BLOBS, 0.02),
+            ((0.00, 0.03, 0.04), _BLOBS, 0.02),
+            weight=0.35,
+        ),
+        _component(  # urban: greys with a blue cast
+            (0.52, 0.54, 0.57),
+            ((-0.30, -0.30, -0.29), _BLOBS, 0.02),
+            ((-0.03, 0.00, 0.08), _BLOBS, 0.02),
+            ((0.04, -0.03, 0.00), _BLOBS, 0.02),
+            weight=0.25,
+        ),
+    ),
+    "terrazzo": (
+        _component(  # white cement with red, green and dark chips
+            (0.78, 0.76, 0.72),
+            ((0.14, -0.13, -0.13), _CHIPS, 0.05),
+            ((-0.11, 0.10, -0.07), _CHIPS, 0.05),
+            ((-0.18, -0.18, -0.15), _CHIPS, 0.05),
+            weight=0.5,
+        ),
+        _component(  # charcoal cement with white and ochre chips
+            (0.26, 0.26, 0.28),
+            ((0.28, 0.28, 0.27), _CHIPS, 0.05),
+            ((0.13, 0.06, -0.07), _CHIPS, 0.05),
+            ((0.00, 0.03, 0.07), _SOFT, 0.02),
+            weight=0.3,
+        ),
+        _component(  # pink cement with grey chips
+            (0.80, 0.60, 0.58),
+            ((-0.21, -0.17, -0.15), _CHIPS, 0.05),
+            ((0.08, -0.06, -0.03), _CHIPS, 0.05),
+            ((0.00, 0.06, 0.07), _SOFT, 0.02),
+            weight=0.2,
+        ),
+    ),
+    "granite": (
+        _component(
+            (0.60, 0.55, 0.54),
+            ((-0.25, -0.25, -0.24), Ring(radius=0.12, width=0.1), 0.3),  # black mica speckle
+            ((0.14, 0.03, 0.04), Ring(radius=0.06, width=0.06), 0.3),  # pink feldspar
+            ((0.07, 0.09, 0.10), PowerLaw(exponent=1.0, knee=0.1), 0.3),  # white quartz
+        ),
+    ),
+}
+
+
+def preset_for_prompt(prompt: str) -> str:
+    """The preset a prompt names: case-insensitive, the preset name that occurs earliest in the prompt.
+
+    Raises:
+        InputError: no preset name occurs in the prompt (the message lists them).
+    """
+    text = prompt.lower()
+    found = [(text.find(name), order, name) for order, name in enumerate(PRESETS) if name in text]
+    if not found:
+        names = ", ".join(PRESETS)
+        raise InputError(f"prompt {prompt!r} names no GaussianTexturePrior preset: put one of {names} in the prompt")
+    return min(found)[2]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The prior.
+
+
+@dataclass(frozen=True)
+class _SpectralFactors:
+    """Per-frequency eigendecompositions `Sigma_m(k) = U diag(lam) U^T` on one grid and device.
+
+    Attributes:
+        eigvals: lam, float64.
+        eigvecs: U (column j is eigenvector j), real values stored as complex128 to multiply spectra.
+    """
+
+    eigvals: Float[Tensor, "M 3 h w"]
+    eigvecs: Complex[Tensor, "M h w 3 3"]
+
+
+class GaussianTexturePrior:
+    """An exact `Denoiser` over stationary Gaussian textures (a mixture of M components), in pixel space.
+
+    Attributes:
+        schedule: the noise schedule (SD 1.5's scaled-linear by default).
+        latent_channels: 3 (RGB).
+        downsample: 1 (pixel space).
+        native_size: the image size (long side) demos render at; the prior itself works at any size.
+        max_batch: the most views one posterior-mean evaluation takes.
+        name: the preset's name, or "custom".
+        means: mu_m in the denoiser space, `[M, 3]`, float64.
+        mixing: A_m in the denoiser space, `[M, 3, 3]` (columns are field colours), float64.
+        weights: pi_m, `[M]`, float64, summing to 1.
+    """
+
+    latent_channels = 3
+    downsample = 1
+
+    def __init__(
+        self,
+        components: Sequence[TextureComponent],
+        schedule: NoiseSchedule | None = None,
+        native_size: int = 64,
+        max_batch: int = 16,
+        name: str = "custom",
+    ) -> None:
+        if not components:
+            raise ValueError("GaussianTexturePrior needs at least one component")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.schedule = schedule if schedule is not None else NoiseSchedule.scaled_linear()
+        self.native_size = native_size
+        self.max_batch = max_batch
+        self.name = name
+        self.components = tuple(components)
+        # The affine codec x = 2 rgb01 - 1 maps a mean colour affinely and a colour direction linearly.
+        self.means = 2.0 * torch.tensor([c.mean_rgb01 for c in self.components], dtype=torch.float64) - 1.0
+        columns = [[f.colour_rgb01 for f in c.fields] for c in self.components]
+        self.mixing = 2.0 * torch.tensor(columns, dtype=torch.float64).transpose(1, 2)
+        if torch.linalg.matrix_rank(self.mixing).min() < 3:
+            raise ValueError("each component's three field colours must be linearly independent")
+        weights = torch.tensor([c.weight for c in self.components], dtype=torch.float64)
+        self.weights = weights / weights.sum()
+        self._factors: dict[tuple[int, int, str], _SpectralFactors] = {}
+
+    @classmethod
+    def from_prompt(
+        cls, prompt: str, schedule: NoiseSchedule | None = None, native_size: int = 64, max_batch: int = 16
+    ) -> GaussianTexturePrior:
+        """The preset the prompt names (see `preset_for_prompt`).
+
+        Raises:
+            InputError: the prompt names no preset.
+        """
+        name = preset_for_prompt(prompt)
+        return cls(PRESETS[name], schedule=schedule, native_size=native_size, max_batch=max_batch, name=name)
+
+    @property
+    def num_components(self) -> int:
+        """M, the number of mixture components (1 for a single Gaussian texture)."""
+        return len(self.components)
+
+    # -- codec ---------------------------------------------------------------------------------------------------------
+
+    def encode(self, rgb01: Float[Tensor, "N 3 H W"]) -> Float[Tensor, "N 3 h w"]:
+        """rgb01 to the denoiser space: `2 * rgb01 - 1` (exact, no downsampling)."""
+        return rgb01 * 2.0 - 1.0
+
+    def decode(self, x: Float[Tensor, "N 3 h w"]) -> Float[Tensor, "N 3 H W"]:
+        """The denoiser space back to rgb01: `(x + 1) / 2`, clamped to [0, 1]."""
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    # -- the spectrum --------------------------------------------------------------------------------------------------
+
+    def spectral_covariance(self, h: int, w: int) -> Float[Tensor, "M h w 3 3"]:
+        """Sigma_m(k) = A_m diag(P_m(k)) A_m^T on the h x w FFT grid (`torch.fft.fftfreq` order), float64, CPU.
+
+        Units: the covariance of the unitary FFT, `E[X(k) X(k)^H]` for `X = fft2(x0 - mu_m, norm="ortho")`; a
+        pixel's colour covariance is the mean of Sigma_m(k) over the grid. The field spectra are symmetrised,
+        `P(k) = (P(k) + P(-k)) / 2` on the grid (this only changes the Nyquist row and column of anisotropic
+        spectra), so that samples and posterior means are real.
+        """
+        covariances = []
+        for component, mixing in zip(self.components, self.mixing, strict=True):
+            powers = []
+            for field in component.fields:
+                shape = _cell_averaged_density(field.spectrum, h, w) * _unit_variance_scale(field.spectrum)
+                power = (1.0 - field.grain) * shape + field.grain
+                # The power at -k: index (-i mod h, -j mod w) is a flip followed by a roll by one.
+                mirrored = torch.roll(torch.flip(power, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))
+                powers.append(0.5 * (power + mirrored))
+            power = torch.stack(powers, dim=-1)  # [h, w, 3 fields]
+            covariances.append(torch.einsum("cj,hwj,dj->hwcd", mixing, power, mixing))
+        return torch.stack(covariances)
+
+    def power_spectrum(self, h: int, w: int) -> Float[Tensor, "3 h w"]:
+        """The expected power of samples per channel and frequency, `E |fft2(x0, norm="ortho")|^2`, float64, CPU.
+
+        The mean colour is included: it adds `h * w * mu_c^2` at DC (frequency index (0, 0)). For a mixture the
+        expectation is over the components too. A test measures it as `fft2(x0, norm="ortho").abs().square()`
+        averaged over samples.
+        """
+        diagonals = torch.diagonal(self.spectral_covariance(h, w), dim1=-2, dim2=-1)  # [M, h, w, 3]
+        spectrum = torch.einsum("m,mhwc->chw", self.weights, diagonals)
+        spectrum[:, 0, 0] += h * w * torch.einsum("m,mc->c", self.weights, self.means**2)
+        return spectrum
+
+    def _spectral_factors(self, h: int, w: int, device: torch.device) -> _SpectralFactors:
+        key = (h, w, str(device))
+        if key not in self._factors:
+            eigvals, eigvecs = torch.linalg.eigh(self.spectral_covariance(h, w))
+            eigvals = eigvals.clamp_min(0.0).permute(0, 3, 1, 2).to(device)
+            self._factors[key] = _SpectralFactors(eigvals, eigvecs.to(device, torch.complex128))
+        return self._factors[key]
+
+    # -- sampling and likelihoods --------------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        num: int,
+        h: int,
+        w: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Float[Tensor, "N 3 h w"]:
+        """Exact samples of x0 (denoiser space): a component per image from pi, then its Gaussian field.
+
+        Args:
+            num: how many images.
+            h, w: their size in pixels.
+            generator: the random source; samples are drawn on its device (the CPU without one).
+            dtype: the returned dtype (computed in float64).
+
+        Returns:
+            x0, `[num, 3, h, w]`.
+        """
+        device = generator.device if generator is not None else torch.device("cpu")
+        factors = self._spectral_factors(h, w, device)
+        chosen = torch.multinomial(self.weights.to(device), num, replacement=True, generator=generator)
+        white = torch.randn(num, 3, h, w, generator=generator, dtype=torch.float64, device=device)
+        # The symmetric square root U diag(sqrt(lam)) U^T of Sigma(k) keeps the spectrum Hermitian: the field is real.
+        eigvecs = factors.eigvecs[chosen]  # [num, h, w, 3, 3]
+        rotated = torch.einsum("nhwcj,nchw->njhw", eigvecs, torch.fft.fft2(white, norm="ortho"))
+        rotated = rotated * factors.eigvals[chosen].sqrt()
+        field = torch.fft.ifft2(torch.einsum("nhwcj,njhw->nchw", eigvecs, rotated), norm="ortho").real
+        return (field + self.means.to(device)[chosen][:, :, None, None]).to(dtype)
+
+    def _eigen_spectra(self, x: Tensor, alpha_bar: float) -> tuple[list[Tensor], Float[Tensor, "M 3 h w"]]:
+        """x's spectra in each component's eigenbasis, where x_t's covariance is diagonal, and that diagonal.
+
+        Returns:
+            Per component m, the unitary spectrum of `x - sqrt(a) mu_m` rotated by `U_m(k)^T`, `[N, 3, h, w]`; and
+            the eigenvalues `a lam + 1 - a` of `a Sigma_m(k) + (1 - a) I`.
+        """
+        _, _, h, w = x.shape
+        factors = self._spectral_factors(h, w, x.device)
+        spectra = []
+        for m in range(self.num_components):
+            residual = x - math.sqrt(alpha_bar) * self.means[m].to(x.device)[:, None, None]
+            spectra.append(torch.einsum("hwcj,nchw->njhw", factors.eigvecs[m], torch.fft.fft2(residual, norm="ortho")))
+        return spectra, alpha_bar * factors.eigvals + (1.0 - alpha_bar)
+
+    @staticmethod
+    def _log_likelihoods(spectra: list[Tensor], variances: Tensor) -> Float[Tensor, "N M"]:
+        """log N(x; sqrt(a) mu_m, a Sigma_m + (1 - a) I) for each image and component, from `_eigen_spectra`."""
+        # The unitary FFT and the rotations keep the quadratic form, and the log-determinant is the sum of the
+        # per-frequency ones: both are sums over the full complex spectrum.
+        log_likelihoods = []
+        for spectrum, variance in zip(spectra, variances, strict=True):
+            quadratic = (spectrum.abs().square() / variance).sum(dim=(1, 2, 3))
+            log_likelihoods.append(-0.5 * (quadratic + variance.log().sum() + variance.numel() * math.log(2 * math.pi)))
+        return torch.stack(log_likelihoods, dim=1)
+
+    def _responsibilities(self, spectra: list[Tensor], variances: Tensor) -> Float[Tensor, "N M"]:
+        log_likelihoods = self._log_likelihoods(spectra, variances)
+        return torch.softmax(log_likelihoods + self.weights.to(log_likelihoods.device).log(), dim=1)
+
+    def component_log_likelihood(self, x0: Float[Tensor, "N 3 h w"]) -> Float[Tensor, "N M"]:
+        """log p(x0 | m) of clean images under each component (add `weights.log()` for the joint), float64.
+
+        The argmax over m is the component an image most looks like, which is how a caller reports it.
+        """
+        return self._log_likelihoods(*self._eigen_spectra(x0.to(torch.float64), alpha_bar=1.0))
+
+    def responsibilities(self, x_t: Float[Tensor, "N 3 h w"], t: int) -> Float[Tensor, "N M"]:
+        """p(m | x_t) for each image at train timestep t, float64: softmax over m of log pi_m + log p(x_t | m)."""
+        return self._responsibilities(*self._eigen_spectra(x_t.to(torch.float64), self._alpha_bar(t)))
+
+    def _alpha_bar(self, t: int) -> float:
+        if not 0 <= t < self.schedule.num_train_timesteps:
+            raise ValueError(f"t must be a train timestep in 0..{self.schedule.num_train_timesteps - 1}, got {t}")
+        return self.schedule.alpha_bar(t)
+
+    # -- the denoiser --------------------------------------------------------------------------------------------------
+
+    def posterior_mean(self, x_t: Float[Tensor, "N 3 h w"], t: int) -> Float[Tensor, "N 3 h w"]:
+        """The exact Tweedie estimate x0_hat = E[x0 | x_t] at train timestep t, float64, in one batch.
+
+        Per component a Wiener filter per frequency (module docstring); for a mixture, their average weighted by
+        `responsibilities`.
+        """
+        x_t = x_t.to(torch.float64)
+        alpha_bar = self._alpha_bar(t)
+        factors = self._spectral_factors(*x_t.shape[2:], x_t.device)
+        spectra, variances = self._eigen_spectra(x_t, alpha_bar)
+        # In the eigenbasis the Wiener filter sqrt(a) Sigma (a Sigma + (1 - a) I)^-1 is diagonal.
+        gains = math.sqrt(alpha_bar) * factors.eigvals / variances
+        weights = self._responsibilities(spectra, variances) if self.num_components > 1 else None
+        x0_hat = torch.zeros_like(x_t)
+        for m, spectrum in enumerate(spectra):
+            filtered = torch.einsum("hwcj,njhw->nchw", factors.eigvecs[m], spectrum * gains[m])
+            x0_hat_m = self.means[m].to(x_t.device)[:, None, None] + torch.fft.ifft2(filtered, norm="ortho").real
+            x0_hat = x0_hat + (x0_hat_m if weights is None else weights[:, m, None, None, None] * x0_hat_m)
+        return x0_hat
+
+    def predict_eps(self, x_t: Float[Tensor, "N 3 h w"], t: int, cond: ViewConditions) -> Float[Tensor, "N 3 h w"]:
+        """The exact noise prediction: `(x_t - sqrt(a) x0_hat) / sqrt(1 - a)` with the exact posterior mean.
+
+        `cond` is ignored: the prior is unconditional (its prompt picked the preset when it was built). Views are
+        processed in chunks of `max_batch`, each view independently, in float64; the result has x_t's dtype and
+        device.
+        """
+        if x_t.ndim != 4 or x_t.shape[1] != 3:
+            raise ValueError(f"x_t must be [N, 3, h, w], got {tuple(x_t.shape)}")
+        alpha_bar = self._alpha_bar(t)
+        chunks = []
+        for start in range(0, x_t.shape[0], self.max_batch):
+            chunk = x_t[start : start + self.max_batch].to(torch.float64)
+            chunks.append(eps_from_x0(chunk, self.posterior_mean(chunk, t), alpha_bar))
+        return torch.cat(chunks).to(x_t.dtype)
+
+
+@dataclass(frozen=True)
+class GaussianTexturePriorConfig:
+    """Builds a `GaussianTexturePrior` from a prompt."""
+
+    prompt: str = "marble"
+    """Text naming a texture preset (marble, wood, stripes, clouds, camouflage, terrazzo, granite)."""
+    schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
+    """Noise schedule: Stable Diffusion 1.5's scaled-linear betas, or the DDPM paper's linear betas."""
+    native_size: int = 64
+    """Image size (long side, pixels) that views are rendered at."""
+    max_batch: int = 16
+    """The most views one posterior-mean evaluation takes."""
+
+    def setup(self) -> GaussianTexturePrior:
+        """The prior this config describes; raises InputError if the prompt names no preset."""
+        schedule = NoiseSchedule.scaled_linear() if self.schedule == "scaled_linear" else NoiseSchedule.linear()
+        return GaussianTexturePrior.from_prompt(
+            self.prompt, schedule=schedule, native_size=self.native_size, max_batch=self.max_batch
+        )

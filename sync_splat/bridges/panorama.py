@@ -1,0 +1,433 @@
+"""The panorama bridge: a 360-degree equirectangular image seen through perspective views (reference/synctweedies.md
+§4.3; geometry and conventions in `sync_splat.functional.equirect` and docs/conventions.md).
+
+Canonical variable `z`: one equirectangular image `[C, Ht, 2 Ht]` **in the denoiser's space** (SD latents, or the
+pixels of a pixel-space prior), so `f` and `g` are linear and every case of the paper runs on it. (The official
+code's alternative, an RGB panorama that every aggregation decodes into and re-encodes out of, costs a VAE round trip
+per view per step and supports only the x0 cases; it is not implemented.) Its default resolution matches the views'
+angular resolution (`Ht = 180 * view_size / fov`: 160 latent rows for SD's 64-latent views at 72 degrees) rather
+than the official 2048 x 4096 latent, about 13x denser than the views (pitfall 8).
+
+Views: pinhole cameras at the centre (OpenCV axes inside), `view_size` pixels square, field of view `fov_deg`. The
+paper's ring is 8 views at yaws 0, 45, ..., 315 degrees, pitch 0, FOV 72 degrees (view 4 looks at the seam); it
+leaves latitudes beyond about +-40 degrees unseen. Rings at other pitches (`elevations_deg`, e.g. +-45) and two pole
+views (`pole_views`) cover the whole sphere. Views are ordered ring by ring (the paper's ring first, so view 4 stays
+the reference view of ring attention), then the top and bottom views.
+
+- f (`project`): sample z along each view pixel's ray, bilinear (default) or nearest, wrapping at the seam and
+  continuing across the poles. Every ray hits the sphere, so the panorama determines every view pixel: `coverage()`
+  is all ones and backgrounds never show.
+- g (`unproject`): each view is inverse-warped into the panorama (every texel the view sees samples the view at its
+  projected pixel) and weighted by `cos(angle to the optical axis) ** weight_power` times a smooth ramp from 0 at the
+  view's frame edge (`border_feather`), so views whose details differ blend without visible frame edges
+  (`weight_power = border_feather = 0` is the paper's uniform average); the weighted views are summed (a numerator and
+  a denominator per view, `unproject_sums`) and divided. Texels no view sees get the value of the nearest seen texel
+  (a jump-flood Voronoi fill that wraps at the seam, `fill_uncovered`), so bilinear lookups near the edge of the
+  coverage never blend in zeros. The fill copies values through an index fixed by the geometry, so g stays linear.
+- Initial noise: `z_T ~ N(0, I)` and `x_T` by **nearest** sampling, which copies unit-variance values (bilinear
+  sampling would average up to four texels, lowering the variance to as little as 1/4) and gives views that see the
+  same spot the same value. The noise is drawn `noise_oversample` times finer than the canonical grid: view pixels
+  near a view's border are smaller than a texel at matched resolution, and nearest sampling of the canonical grid
+  would copy one value into neighbouring pixels, noise correlations the denoiser never saw (at k = 1, 13% of the
+  pixels of a 64-pixel view repeat another pixel's value; at k = 2, none). `z_T` is the fine noise summed over each
+  texel's k x k block divided by k: exactly unit variance, the same white noise seen at the canonical resolution.
+  So `x_T` is not the bilinear `f(z_T)` (a smoothed view of that noise), but both come from one white noise.
+- Conditions: with a 360-degree depth map (metric distance per direction, `sync_splat.scene.depth_maps`), each
+  view's depth is sampled along its rays at the denoiser's image resolution, converted from distance along the ray
+  to depth along the optical axis (times the cosine), and turned into normalised inverse depth over all views
+  together (near is bright, the farthest point 0), blurred like the official splat conditioning
+  (`sync_splat.functional.depth`). This replaces the official colour-map PNG with uint8 wrap-around (pitfall 7).
+- Export: the RGB equirect PNG, written atomically. `export_decode` chooses how z becomes RGB: "panorama" decodes z
+  itself, with the seam padded by wrapped columns so the codec sees it continuous (exact for pixel priors); "views"
+  decodes every view `f(z)` at the model's native size and averages the RGB views into the panorama with the same
+  weights as g (the paper's final output; better for SD, whose VAE decodes the equirect's stretched polar rows
+  poorly and would attend over the whole latent panorama at once). `export_cube_faces` writes six cube-map PNGs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from sync_splat.bridges.image_io import Decode, decode_pixels, divide_sums, expect_shape, write_png
+from sync_splat.denoisers.base import Denoiser, ViewConditions
+from sync_splat.errors import InputError
+from sync_splat.functional.depth import depth_control_image
+from sync_splat.functional.equirect import (
+    CUBE_FACES,
+    Sampling,
+    ViewProjection,
+    equirect_directions,
+    equirect_taps,
+    equirect_to_cube_faces,
+    gather_taps,
+    image_taps,
+    perspective_rays,
+    project_to_view,
+    sample_equirect,
+    sample_views,
+    view_axes,
+)
+from sync_splat.functional.fill import nearest_valid_index
+
+
+@dataclass(frozen=True)
+class PanoramaBridgeConfig:
+    """Views, resolution and aggregation of a `PanoramaBridge`; `setup(denoiser, depth)` builds it."""
+
+    height: int | None = None
+    """Ht, the panorama's rows in the denoiser's space (its width is 2 Ht); None matches the views' angular
+    resolution, 180 * view_size / fov_deg."""
+    view_size: int | None = None
+    """Side of each square view in the denoiser's space; None: the model's native size (SD 1.5: 64 latents) when
+    height is None too, else matched to height."""
+    fov_deg: float = 72.0
+    """Field of view of every view (the paper: 72 degrees)."""
+    views_per_ring: int = 8
+    """Views per ring, at yaws 0, 360/n, ... degrees (the paper: 8)."""
+    elevations_deg: tuple[float, ...] = (0.0,)
+    """Pitch of each ring of views (the paper: only 0; add 45 and -45 to cover all but the poles)."""
+    pole_views: bool = False
+    """Add a view straight up and one straight down (with rings at +-45 degrees, every texel is seen)."""
+    sampling: Sampling = "bilinear"
+    """How f samples the panorama and g samples the views (the official code: nearest)."""
+    weight_power: float = 2.0
+    """g weights a view's texel by cos(angle to the view's optical axis) ** weight_power; 0 is a uniform average."""
+    border_feather: float = 0.5
+    """g's weights also ramp from 0 at a view's frame edge up over this fraction of its half-width, so views whose
+    details differ blend without visible frame edges; 0 keeps a hard edge (the paper)."""
+    fill_uncovered: bool = True
+    """Give texels no view sees the nearest seen texel's value (wrapping at the seam); off: the warm start or 0."""
+    noise_oversample: int = 2
+    """Initial noise is drawn this many times finer than the panorama, so nearest sampling never repeats a value."""
+    export_decode: Literal["auto", "panorama", "views"] = "auto"
+    """How the PNG is decoded: the panorama at once, or per view and averaged in RGB; auto picks 'panorama' for
+    pixel-space denoisers and 'views' for latent ones."""
+    seam_padding: int = 8
+    """Wrapped columns added at each side of the seam before decoding the whole panorama (then cropped)."""
+
+    def __post_init__(self) -> None:
+        name = "PanoramaBridgeConfig"
+        if self.height is not None and self.height < 2:
+            raise InputError(f"{name}.height must be at least 2, got {self.height}")
+        if self.view_size is not None and self.view_size < 1:
+            raise InputError(f"{name}.view_size must be at least 1, got {self.view_size}")
+        if not 0.0 < self.fov_deg < 180.0:
+            raise InputError(f"{name}.fov_deg must be in (0, 180), got {self.fov_deg}")
+        if self.views_per_ring < 1 and self.elevations_deg:
+            raise InputError(f"{name}.views_per_ring must be at least 1, got {self.views_per_ring}")
+        if any(not -90.0 <= e <= 90.0 for e in self.elevations_deg):
+            raise InputError(f"{name}.elevations_deg must be in [-90, 90], got {self.elevations_deg}")
+        if not self.elevations_deg and not self.pole_views:
+            raise InputError(f"{name}: no views: give elevations_deg or set pole_views")
+        if self.sampling not in ("bilinear", "nearest"):
+            raise InputError(f"{name}.sampling must be 'bilinear' or 'nearest', got {self.sampling!r}")
+        if self.weight_power < 0:
+            raise InputError(f"{name}.weight_power must be non-negative, got {self.weight_power}")
+        if not 0.0 <= self.border_feather <= 1.0:
+            raise InputError(f"{name}.border_feather must be in [0, 1], got {self.border_feather}")
+        if self.noise_oversample < 1:
+            raise InputError(f"{name}.noise_oversample must be at least 1, got {self.noise_oversample}")
+        if self.seam_padding < 0:
+            raise InputError(f"{name}.seam_padding must be non-negative, got {self.seam_padding}")
+
+    def view_orientations(self) -> tuple[tuple[float, float], ...]:
+        """(yaw_deg, pitch_deg) of every view, ring by ring, then the top and bottom views."""
+        views = [
+            (360.0 * k / self.views_per_ring, elevation)
+            for elevation in self.elevations_deg
+            for k in range(self.views_per_ring)
+        ]
+        if self.pole_views:
+            views += [(0.0, 90.0), (0.0, -90.0)]
+        return tuple(views)
+
+    def resolution(self, native_view_size: int) -> tuple[int, int]:
+        """(Ht, view_size): the configured values, the missing one matched to the other's angular resolution."""
+        view_size, height = self.view_size, self.height
+        if view_size is None:
+            view_size = native_view_size if height is None else max(1, round(height * self.fov_deg / 180.0))
+        if height is None:
+            height = max(2, round(180.0 * view_size / self.fov_deg))  # texels subtend the views' mean pixel angle
+        return height, view_size
+
+    def setup(self, denoiser: Denoiser, depth: Float[Tensor, "Hd Wd"] | None = None) -> PanoramaBridge:
+        """The bridge for this denoiser's space (channels, native size, codec) and an optional 360-degree depth map."""
+        return PanoramaBridge(
+            self,
+            channels=denoiser.latent_channels,
+            native_view_size=max(1, denoiser.native_size // denoiser.downsample),
+            downsample=denoiser.downsample,
+            decode=denoiser.decode,
+            depth=depth,
+        )
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Everything f and g need that depends only on the views, on one device. Both are sparse linear operators.
+
+    Attributes:
+        rays: unit world directions of every view pixel, `[N, h, w, 3]`.
+        tap_index: f's texel indices for every view pixel (`equirect_taps`), `[K, N, h, w]`.
+        tap_weight: their weights, `[K, N, h, w]`.
+        source: g's terms: the flat view pixel (`view * h * w + row * w + col`) each term reads, `[M]`.
+        target: the flat texel each term adds to, `[M]`.
+        weight: each term's weight: the view's bilinear weight times the texel's weight in that view, `[M]`.
+        weight_sum: the texels' total weight over views, g's denominator, `[1, Ht, Wt]`.
+        fill_index: for every texel, the flat index of the nearest texel some view sees, `[Ht * Wt]`.
+    """
+
+    rays: Tensor
+    tap_index: Tensor
+    tap_weight: Tensor
+    source: Tensor
+    target: Tensor
+    weight: Tensor
+    weight_sum: Tensor
+    fill_index: Tensor
+
+    def to(self, device: torch.device) -> _Geometry:
+        return _Geometry(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+class PanoramaBridge:
+    """An equirectangular panorama seen through perspective views; implements `Bridge`.
+
+    Args:
+        config: views, resolution and aggregation settings.
+        channels: C, the denoiser's channels (4 for SD latents, 3 for pixel priors).
+        native_view_size: the view side used when the config leaves both sizes open (the denoiser's native size
+            divided by its downsampling).
+        downsample: image pixels per denoiser pixel (8 for SD); depth conditions are made at the image size.
+        decode: the denoiser space to `rgb01` `[N, 3, H, W]`; used by the exports.
+        depth: an optional 360-degree depth map `[Hd, Wd]` (even width, metric distance per direction) for
+            ControlNet depth conditioning.
+    """
+
+    linear = True
+
+    def __init__(
+        self,
+        config: PanoramaBridgeConfig,
+        channels: int,
+        native_view_size: int,
+        downsample: int = 1,
+        decode: Decode = decode_pixels,
+        depth: Float[Tensor, "Hd Wd"] | None = None,
+    ) -> None:
+        if channels < 1 or downsample < 1:
+            raise ValueError(f"need channels >= 1 and downsample >= 1, got {channels}, {downsample}")
+        if depth is not None and (depth.ndim != 2 or depth.shape[1] % 2):
+            raise ValueError(f"depth must be a 2D equirectangular map with an even width, got {tuple(depth.shape)}")
+        self.config = config
+        self.downsample = downsample
+        self.decode = decode
+        self.depth = None if depth is None else depth.detach().float().cpu()
+        height, view_size = config.resolution(native_view_size)
+        self.view_orientations = config.view_orientations()
+        self.num_views = len(self.view_orientations)
+        self.canonical_shape = (channels, height, 2 * height)
+        self.instance_shape = (channels, view_size, view_size)
+        yaw_pitch = torch.tensor(self.view_orientations, dtype=torch.float64).deg2rad()
+        self.axes: Float[Tensor, "N 3 3"] = view_axes(yaw_pitch[:, 0], yaw_pitch[:, 1])
+        self._geometry = {torch.device("cpu"): self._build_geometry()}
+
+    # ------------------------------------------------------------------ geometry
+
+    def _weights(self, projection: ViewProjection, view_size: int) -> Tensor:
+        """g's weight of directions in one view: `cos ** weight_power`, times a smoothstep from 0 at the frame's edge
+        to 1 at `border_feather` of the half-width inside it; 0 where the view does not see."""
+        weight = projection.cos_axis.clamp_min(0.0) ** self.config.weight_power
+        if self.config.border_feather > 0:
+            x, y = projection.pixels.unbind(-1)
+            margin = torch.minimum(torch.minimum(x, view_size - x), torch.minimum(y, view_size - y))
+            ramp = (margin / (self.config.border_feather * view_size / 2)).clamp(0.0, 1.0)
+            weight = weight * ramp * ramp * (3 - 2 * ramp)
+        return torch.where(projection.visible, weight, 0.0)
+
+    def _build_geometry(self) -> _Geometry:
+        _, height, width = self.canonical_shape
+        size = self.instance_shape[-1]
+        rays = perspective_rays(self.axes, self.config.fov_deg, size, size).float()
+        tap_index, tap_weight = equirect_taps(rays, height, width, self.config.sampling)
+        directions = equirect_directions(height, dtype=torch.float64).reshape(-1, 3)
+        sources, targets, weights = [], [], []
+        weight_sum = torch.zeros(height * width, dtype=torch.float64)
+        for view, axes in enumerate(self.axes):
+            projection = project_to_view(directions, axes, self.config.fov_deg, size, size)
+            texel_weight = self._weights(projection, size)
+            seen = torch.nonzero(texel_weight > 0).squeeze(1)  # a view sees a tenth of the sphere: keep only that
+            pixel_index, pixel_weight = image_taps(projection.pixels[seen], size, size, self.config.sampling)
+            sources.append((pixel_index + view * size * size).reshape(-1))
+            targets.append(seen.expand_as(pixel_index).reshape(-1))
+            weights.append((pixel_weight * texel_weight[seen]).reshape(-1))
+            weight_sum += texel_weight
+        covered = weight_sum > 0
+        if bool(covered.all()):
+            fill_index = torch.arange(height * width)
+        else:
+            fill_index = nearest_valid_index(covered.reshape(height, width), wrap_x=True).reshape(-1)
+        return _Geometry(
+            rays=rays,
+            tap_index=tap_index,
+            tap_weight=tap_weight.float(),
+            source=torch.cat(sources),
+            target=torch.cat(targets),
+            weight=torch.cat(weights).float(),
+            weight_sum=weight_sum.float().reshape(1, height, width),
+            fill_index=fill_index,
+        )
+
+    def _on(self, device: torch.device) -> _Geometry:
+        if device not in self._geometry:
+            self._geometry[device] = self._geometry[torch.device("cpu")].to(device)
+        return self._geometry[device]
+
+    def texel_coverage(self) -> Bool[Tensor, "Ht Wt"]:
+        """Which texels some view sees (before any filling)."""
+        return self._on(torch.device("cpu")).weight_sum[0] > 0
+
+    def view_rays(self) -> Float[Tensor, "N h w 3"]:
+        """Unit world directions through every view pixel (docs/conventions.md panorama frame)."""
+        return self._on(torch.device("cpu")).rays.clone()
+
+    # ------------------------------------------------------------------ f and g
+
+    def project(self, z: Float[Tensor, "C Ht Wt"], background: Tensor | None = None) -> Float[Tensor, "N C h w"]:
+        """Every view's samples of z along its rays; `background` is ignored because every view pixel is covered."""
+        expect_shape("z", z, self.canonical_shape)
+        geometry = self._on(z.device)
+        return gather_taps(z, geometry.tap_index, geometry.tap_weight).transpose(0, 1).contiguous()
+
+    def unproject_sums(self, x: Float[Tensor, "N C h w"]) -> tuple[Float[Tensor, "C Ht Wt"], Float[Tensor, "1 Ht Wt"]]:
+        """Per-view sums: every view inverse-warped into the panorama times its weights (numerator), and the weights
+        (denominator)."""
+        expect_shape("x", x, (self.num_views, *self.instance_shape))
+        geometry = self._on(x.device)
+        channels, height, width = self.canonical_shape
+        values = x.transpose(0, 1).reshape(channels, -1).index_select(1, geometry.source)
+        num = x.new_zeros((channels, height * width)).index_add_(1, geometry.target, values * geometry.weight.to(x))
+        return num.reshape(channels, height, width), geometry.weight_sum.to(x)
+
+    def unproject(self, x: Float[Tensor, "N C h w"], previous: Tensor | None = None) -> Float[Tensor, "C Ht Wt"]:
+        """The weighted average of the views seeing each texel; unseen texels are filled from the nearest seen texel
+        (or, without `fill_uncovered`, take `previous`, else 0). A closed form: `previous` is not a warm start."""
+        num, den = self.unproject_sums(x)
+        if not self.config.fill_uncovered:
+            return divide_sums(num, den, previous)
+        z = divide_sums(num, den)
+        index = self._on(x.device).fill_index
+        if bool((index < 0).any()):
+            return z
+        return z.reshape(z.shape[0], -1).index_select(1, index).reshape(z.shape)
+
+    def coverage(self) -> Float[Tensor, "N 1 h w"]:
+        """All ones: every view ray hits the sphere, so the panorama determines every view pixel."""
+        size = self.instance_shape[-1]
+        return torch.ones(self.num_views, 1, size, size)
+
+    def initial_noise(self, generator: torch.Generator) -> tuple[Float[Tensor, "C Ht Wt"], Float[Tensor, "N C h w"]]:
+        """Unit-variance, view-consistent noise: fine white noise, sampled nearest by the views (`x_T`) and summed
+        over each texel's k x k block divided by k (`z_T`); on the generator's device."""
+        channels, height, width = self.canonical_shape
+        k = self.config.noise_oversample
+        fine = torch.randn((channels, k * height, k * width), generator=generator, device=generator.device)
+        z_T = fine.reshape(channels, height, k, width, k).sum(dim=(2, 4)) / k
+        x_T = sample_equirect(fine, self._on(fine.device).rays, "nearest").transpose(0, 1).contiguous()
+        return z_T, x_T
+
+    # ------------------------------------------------------------------ conditions
+
+    def view_depth(self) -> Float[Tensor, "N 1 H W"] | None:
+        """Each view's depth along its optical axis at the denoiser's image size (view_size x downsample), sampled
+        from the depth map (bilinear); None without a depth map."""
+        if self.depth is None:
+            return None
+        size = self.instance_shape[-1] * self.downsample
+        depth = []
+        for axes in self.axes[:, None]:  # one view at a time: SD's 512-pixel views need ~40 MB each, not ~1 GB
+            rays = perspective_rays(axes, self.config.fov_deg, size, size)[0]
+            distance = sample_equirect(self.depth.double()[None], rays, "bilinear")[0]
+            depth.append(distance * (rays @ axes[0, :, 2]))  # times cos(angle to the optical axis)
+        return torch.stack(depth).float()[:, None]
+
+    def conditions(self) -> ViewConditions:
+        """No prompt suffixes (one prompt for the whole panorama, as the paper); with a depth map, per-view normalised
+        inverse depth in [0, 1] (near bright), normalised over all views together."""
+        depth = self.view_depth()
+        if depth is None:
+            return ViewConditions.plain(self.num_views)
+        image = depth_control_image(depth, per_view=False, far_value=0.0)
+        return ViewConditions(prompt_suffixes=("",) * self.num_views, depth=image)
+
+    # ------------------------------------------------------------------ export
+
+    def rgb_panorama(self, z: Float[Tensor, "C Ht Wt"]) -> Float[Tensor, "3 H W"]:
+        """z decoded to an `rgb01` equirectangular image (`export_decode` says how)."""
+        expect_shape("z", z, self.canonical_shape)
+        mode = self.config.export_decode
+        if mode == "auto":
+            mode = "panorama" if self.downsample == 1 else "views"
+        if mode == "views":
+            return self._rgb_from_views(z)
+        width = z.shape[-1]
+        pad = min(self.config.seam_padding, width)
+        padded = torch.cat((z[..., width - pad :], z, z[..., :pad]), dim=-1) if pad else z
+        rgb = self.decode(padded[None])[0]
+        scale = rgb.shape[-1] / padded.shape[-1]
+        if scale != int(scale) or rgb.shape[-2] != z.shape[-2] * int(scale):
+            raise ValueError(f"decode changed the shape {tuple(padded.shape)} to {tuple(rgb.shape)}, not by a factor")
+        crop = pad * int(scale)
+        return rgb[..., crop : rgb.shape[-1] - crop]
+
+    def _rgb_from_views(self, z: Float[Tensor, "C Ht Wt"]) -> Float[Tensor, "3 H W"]:
+        """Decode every view f(z) and average them into an RGB panorama with g's weights, at the decoded scale."""
+        rgb_views = self.decode(self.project(z))
+        size = rgb_views.shape[-1]
+        height = self.canonical_shape[1] * size // self.instance_shape[-1]
+        directions = equirect_directions(height, dtype=torch.float64, device=z.device)
+        num = rgb_views.new_zeros((rgb_views.shape[1], height, 2 * height))
+        den = rgb_views.new_zeros((1, height, 2 * height))
+        for view, axes in zip(rgb_views, self.axes.to(z.device), strict=True):
+            projection = project_to_view(directions, axes, self.config.fov_deg, size, size)
+            weight = self._weights(projection, size).to(num.dtype)[None]
+            num += sample_views(view[None], projection.pixels[None], self.config.sampling)[0] * weight
+            den += weight
+        rgb = divide_sums(num, den)
+        covered = den[0] > 0
+        if not bool(covered.all()):
+            index = nearest_valid_index(covered, wrap_x=True).reshape(-1)
+            rgb = rgb.reshape(rgb.shape[0], -1)[:, index].reshape(rgb.shape)
+        return rgb
+
+    def export(self, z: Float[Tensor, "C Ht Wt"], path: Path) -> Path:
+        """Decode the panorama and write it as one equirectangular PNG, atomically."""
+        return write_png(self.rgb_panorama(z), path)
+
+
+def cube_face_paths(path: str | Path) -> tuple[Path, ...]:
+    """The six PNGs `export_cube_faces` writes beside `path`: `<stem>_<face>.png` in `CUBE_FACES` order."""
+    path = Path(path)
+    return tuple(path.with_name(f"{path.stem}_{name}.png") for name, _, _ in CUBE_FACES)
+
+
+def export_cube_faces(rgb01: Float[Tensor, "3 H W"], path: str | Path, size: int | None = None) -> tuple[Path, ...]:
+    """Write the six cube-map faces of an RGB panorama as PNGs named after `path` (`cube_face_paths`), atomically.
+
+    Args:
+        rgb01: an equirectangular image in [0, 1] (e.g. `PanoramaBridge.rgb_panorama(z)`).
+        path: the panorama's file name; the faces go beside it.
+        size: each face's side; None keeps the panorama's resolution at the face centres (width / 4).
+
+    Returns:
+        The written paths, front, right, back, left, up, down.
+    """
+    size = max(1, rgb01.shape[-1] // 4) if size is None else size
+    faces = equirect_to_cube_faces(rgb01, size)
+    return tuple(write_png(face, face_path) for face, face_path in zip(faces, cube_face_paths(path), strict=True))

@@ -1,0 +1,172 @@
+"""Painting a 360-degree panorama end to end: the pipeline behind `sync-splat panorama`.
+
+It builds the denoiser (the exact prior on CPU, or Stable Diffusion + ControlNet depth), reads the optional
+360-degree depth map, builds the panorama bridge and the sampler, runs every step with a progress bar, and writes the
+equirectangular PNG (and optionally six cube-map faces) atomically, never over an existing file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor
+
+from sync_splat.bridges.image_io import write_png
+from sync_splat.bridges.panorama import PanoramaBridge, PanoramaBridgeConfig, cube_face_paths, export_cube_faces
+from sync_splat.denoisers.attention import MultiViewAttentionConfig
+from sync_splat.denoisers.base import Denoiser
+from sync_splat.denoisers.prior import GaussianTexturePriorConfig
+from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
+from sync_splat.errors import InputError
+from sync_splat.sampler import SamplerState, SyncConfig, SyncSampler
+from sync_splat.scene.depth_maps import read_depth_map
+
+PRIOR_HEIGHT = 64
+"""Panorama rows with the prior when `height` is None: a 64 x 128 panorama seen by 26-pixel views, seconds on a CPU."""
+
+
+@dataclass(frozen=True)
+class PanoramaConfig:
+    """What panorama to paint, and how."""
+
+    prompt: str = "clouds"
+    """The text prompt. With the prior it names a texture preset (marble, wood, stripes, clouds, camouflage,
+    terrazzo, granite)."""
+    denoiser: Literal["prior", "sd"] = "prior"
+    """'prior': the exact Gaussian-texture prior (CPU, no weights); 'sd': Stable Diffusion + ControlNet depth."""
+    steps: int = 30
+    """Denoising steps."""
+    height: int | None = None
+    """Panorama rows in the denoiser's space (the PNG has height x 8 rows with SD); None: 64 with the prior, and with
+    SD the views' angular resolution (160 latent rows, a 1280 x 2560 PNG)."""
+    view_size: int | None = None
+    """Side of each view in the denoiser's space; None: matched to height with the prior, SD's native 64 latents."""
+    elevations_deg: tuple[float, ...] = (0.0, 45.0, -45.0)
+    """Pitch of each ring of 8 views (the paper uses only 0, which leaves latitudes beyond about 40 degrees unseen)."""
+    pole_views: bool = True
+    """Add views straight up and down, so that with the +-45 degree rings the whole sphere is seen."""
+    fov_deg: float = 72.0
+    """Field of view of every view (the paper: 72 degrees)."""
+    case: int = 2
+    """The paper's synchronisation case (2 = SyncTweedies; 5 = canonical x0 averaging; 0 = none)."""
+    sync_until: float = 0.8
+    """Fraction of the schedule that is synchronised (the paper's mvd_end)."""
+    seed: int = 0
+    """Seed of the one random generator of the run."""
+    sd: StableDiffusionDenoiserConfig = field(
+        default_factory=lambda: StableDiffusionDenoiserConfig(
+            guidance_scale=25.0, multiview_attention=MultiViewAttentionConfig(reference_view=4)
+        )
+    )
+    """Stable Diffusion settings (used with --denoiser sd; the prompt above replaces sd.prompt). The defaults are the
+    paper's panorama settings: guidance 25, ControlNet depth at 0.7, ring attention with view 4 (yaw 180) as the
+    reference."""
+    sampling: Literal["bilinear", "nearest"] = "bilinear"
+    """How views sample the panorama and the panorama samples the views (the official code: nearest)."""
+    weight_power: float = 2.0
+    """Views are averaged with weights cos(angle to the view's axis) ** weight_power (0: uniform, the paper)."""
+    border_feather: float = 0.5
+    """The weights also ramp from 0 at a view's edge over this fraction of its half-width (0: a hard edge)."""
+    noise_oversample: int = 2
+    """Initial noise is drawn this many times finer than the panorama, so no view repeats a noise value."""
+    export_decode: Literal["auto", "panorama", "views"] = "auto"
+    """How the PNG is decoded: the whole panorama at once, or per view and averaged in RGB (auto: the panorama for
+    the prior, the views for SD, whose VAE decodes the stretched polar rows of a latent panorama poorly)."""
+
+    def build_denoiser(self) -> Denoiser:
+        """The denoiser this config names (raises InputError for unknown prompts or missing weights)."""
+        if self.denoiser == "prior":
+            return GaussianTexturePriorConfig(prompt=self.prompt).setup()
+        return replace(self.sd, prompt=self.prompt).setup()
+
+    def sync_config(self) -> SyncConfig:
+        return replace(SyncConfig.case(self.case), num_steps=self.steps, sync_until=self.sync_until)
+
+    def bridge_config(self) -> PanoramaBridgeConfig:
+        """The bridge settings with this config's resolution and views."""
+        height = self.height
+        if height is None and self.view_size is None and self.denoiser == "prior":
+            height = PRIOR_HEIGHT
+        return PanoramaBridgeConfig(
+            height=height,
+            view_size=self.view_size,
+            fov_deg=self.fov_deg,
+            elevations_deg=tuple(self.elevations_deg),
+            pole_views=self.pole_views,
+            sampling=self.sampling,
+            weight_power=self.weight_power,
+            border_feather=self.border_feather,
+            noise_oversample=self.noise_oversample,
+            export_decode=self.export_decode,
+        )
+
+
+@dataclass(frozen=True)
+class PanoramaResult:
+    """A painted panorama: the RGB image, `rgb01` `[3, H, 2H]`, and the files written."""
+
+    rgb01: Tensor
+    paths: tuple[Path, ...]
+
+
+def paint_panorama(
+    config: PanoramaConfig,
+    depth: str | Path | None,
+    out: str | Path,
+    cube_faces: bool = False,
+    show_progress: bool = True,
+) -> PanoramaResult:
+    """Paint a 360-degree panorama from `config.prompt` (and a depth map) and write it as an equirectangular PNG.
+
+    Args:
+        config: prompt, denoiser, views and sampling settings.
+        depth: a 360-degree depth map (`.npy`, 16-bit `.png`, `.exr`, `.dpt`; see `sync_splat.scene.depth_maps`) for
+            ControlNet depth, or None (required by SD with a ControlNet; the prior ignores it).
+        out: the PNG to write; it must not exist yet.
+        cube_faces: also write six cube-map faces, `<stem>_{front,right,back,left,up,down}.png`, beside `out`.
+        show_progress: show a progress bar.
+
+    Returns:
+        The RGB panorama and the written paths (the panorama first).
+
+    Raises:
+        InputError: an output exists, `out` is not a .png, the depth map is bad, or the denoiser cannot be built.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise InputError(f"--out {out}: the panorama is written as a .png file")
+    outputs = (out, *cube_face_paths(out)) if cube_faces else (out,)
+    for path in outputs:
+        if path.exists():
+            raise InputError(f"{path} already exists: choose another --out or remove it first (outputs are never "
+                             "overwritten)")  # fmt: skip
+    if config.denoiser == "sd" and config.sd.controlnet is not None and depth is None:
+        raise InputError(
+            "the SD denoiser's ControlNet depth needs a 360-degree depth map: pass --depth, or run without ControlNet "
+            "(--sd.controlnet None)"
+        )
+    depth_map = None if depth is None else read_depth_map(depth)
+    denoiser = config.build_denoiser()
+    bridge: PanoramaBridge = config.bridge_config().setup(denoiser, depth_map)
+    sampler = SyncSampler(denoiser, bridge, config.sync_config())
+    generator = torch.Generator().manual_seed(config.seed)
+
+    with Progress(
+        TextColumn("[bold]painting[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress,
+    ) as progress:  # fmt: skip
+        task = progress.add_task(f"'{config.prompt}'", total=sampler.num_steps)
+
+        def advance(state: SamplerState) -> None:
+            progress.update(task, completed=state.step_index)
+
+        result = sampler.sample(generator, callback=advance)
+    rgb01 = bridge.rgb_panorama(result.z)
+    paths = (write_png(rgb01, out),)
+    if cube_faces:
+        paths += export_cube_faces(rgb01, out)
+    return PanoramaResult(rgb01=rgb01.cpu(), paths=paths)

@@ -1,0 +1,253 @@
+"""The panorama bridge against the Bridge protocol's promises and reference/synctweedies.md §4.3: the paper's views,
+g inverting f on what the views see, full coverage with pole views, no seam at +-180 degrees after sampling,
+unit-variance view-consistent initial noise, near-bright depth conditions, and atomic PNG export."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from sync_splat.bridges.base import Bridge
+from sync_splat.bridges.panorama import PanoramaBridge, PanoramaBridgeConfig, cube_face_paths, export_cube_faces
+from sync_splat.denoisers.prior import GaussianTexturePriorConfig
+from sync_splat.errors import InputError
+from sync_splat.functional.equirect import direction_to_lonlat, equirect_directions, equirect_taps
+from sync_splat.sampler import SyncConfig, SyncSampler
+
+FULL_SPHERE = PanoramaBridgeConfig(elevations_deg=(0.0, 45.0, -45.0), pole_views=True)
+
+
+def bridge(
+    config: PanoramaBridgeConfig = FULL_SPHERE,
+    channels: int = 3,
+    height: int = 32,
+    view_size: int | None = None,
+    **kwargs,
+) -> PanoramaBridge:
+    config = replace(config, height=height, view_size=view_size)
+    return PanoramaBridge(config, channels=channels, native_view_size=64, **kwargs)
+
+
+def smooth_panorama(height: int) -> torch.Tensor:
+    """Three smooth functions on the sphere (no seam, no pole singularity), in about [-1, 1]."""
+    d = equirect_directions(height)
+    x, y, z = d.unbind(-1)
+    return torch.stack((x * z + 0.3 * y, 0.5 * torch.sin(2 * x) + y**2 - 0.3, torch.cos(2 * z) * 0.8))
+
+
+def psnr(estimate: torch.Tensor, target: torch.Tensor, peak: float = 2.0) -> float:
+    return 10 * math.log10(peak**2 / float(((estimate - target) ** 2).mean()))
+
+
+def test_default_views_are_the_papers_ring() -> None:
+    config = PanoramaBridgeConfig()
+    assert config.view_orientations() == tuple((45.0 * k, 0.0) for k in range(8))
+    assert config.fov_deg == 72.0
+    panorama = bridge(config)
+    assert panorama.num_views == 8
+    lon, lat = direction_to_lonlat(panorama.axes[:, :, 2])
+    assert float(lon[4].abs()) == pytest.approx(math.pi)  # view 4, the ring attention's reference, faces the seam
+    assert torch.allclose(lat, torch.zeros(8, dtype=lat.dtype))
+    assert isinstance(panorama, Bridge)
+
+
+def test_full_sphere_views_ring_by_ring_then_poles() -> None:
+    orientations = FULL_SPHERE.view_orientations()
+    assert len(orientations) == 26
+    assert orientations[:8] == PanoramaBridgeConfig().view_orientations()
+    assert [pitch for _, pitch in orientations[8:24]] == [45.0] * 8 + [-45.0] * 8
+    assert orientations[24:] == ((0.0, 90.0), (0.0, -90.0))
+
+
+@pytest.mark.parametrize(
+    ("height", "view_size", "expected"),
+    [
+        (None, None, (160, 64)),  # the native size; matched: 180 * 64 / 72 rows
+        (64, None, (64, 26)),
+        (None, 20, (50, 20)),
+        (40, 10, (40, 10)),
+    ],
+)
+def test_resolution_matches_the_views_angular_resolution(height, view_size, expected) -> None:
+    assert PanoramaBridgeConfig(height=height, view_size=view_size).resolution(native_view_size=64) == expected
+
+
+@pytest.mark.parametrize("config", [PanoramaBridgeConfig(), FULL_SPHERE], ids=["ring", "full_sphere"])
+def test_unproject_after_project_reproduces_the_covered_panorama(config) -> None:
+    panorama = bridge(config, height=40)  # matched: 16-pixel views
+    assert panorama.instance_shape == (3, 16, 16)
+    z = smooth_panorama(40)
+    covered = panorama.texel_coverage()
+    recovered = panorama.unproject(panorama.project(z))
+    assert psnr(recovered[:, covered], z[:, covered]) >= 35.0
+
+
+def test_pole_views_cover_every_texel() -> None:
+    assert bool(bridge(FULL_SPHERE).texel_coverage().all())
+    ring = bridge(PanoramaBridgeConfig()).texel_coverage()
+    assert not bool(ring[0].any()) and not bool(ring[-1].any())  # the paper's ring leaves the poles unseen
+    assert bool(ring[ring.shape[0] // 2].all())
+
+
+def test_unseen_texels_are_filled_or_keep_the_warm_start() -> None:
+    ring = PanoramaBridgeConfig()
+    views = torch.full((8, 3, 13, 13), 0.5)
+    torch.testing.assert_close(bridge(ring).unproject(views), torch.full((3, 32, 64), 0.5))
+    previous = torch.full((3, 32, 64), -1.0)
+    unfilled = bridge(replace(ring, fill_uncovered=False))
+    z = unfilled.unproject(views, previous=previous)
+    seen = unfilled.texel_coverage()
+    torch.testing.assert_close(z[:, seen], torch.full_like(z[:, seen], 0.5))
+    assert bool((z[:, ~seen] == -1.0).all())
+
+
+@pytest.mark.parametrize("sampling", ["bilinear", "nearest"])
+def test_project_and_unproject_are_linear(sampling) -> None:
+    panorama = bridge(replace(FULL_SPHERE, sampling=sampling), channels=2, height=16)
+    generator = torch.Generator().manual_seed(0)
+    z1, z2 = (torch.randn(panorama.canonical_shape, generator=generator) for _ in range(2))
+    torch.testing.assert_close(panorama.project(2 * z1 - z2), 2 * panorama.project(z1) - panorama.project(z2))
+    x1, x2 = panorama.project(z1), panorama.project(z2)
+    torch.testing.assert_close(panorama.unproject(2 * x1 - x2), 2 * panorama.unproject(x1) - panorama.unproject(x2))
+    assert panorama.linear
+    assert bool((panorama.coverage() == 1).all())
+
+
+def test_initial_noise_has_unit_variance_and_is_view_consistent() -> None:
+    panorama = bridge(FULL_SPHERE, channels=4, height=40)
+    z_T, x_T = panorama.initial_noise(torch.Generator().manual_seed(0))
+    assert z_T.shape == panorama.canonical_shape and x_T.shape == (panorama.num_views, *panorama.instance_shape)
+    for noise in (z_T, x_T):
+        assert abs(float(noise.mean())) < 0.05
+        assert float(noise.var()) == pytest.approx(1.0, abs=0.05)
+
+    # Pixels whose rays fall in the same fine noise cell hold the same noise, across views.
+    k = panorama.config.noise_oversample
+    _, height, width = panorama.canonical_shape
+    cell = equirect_taps(panorama.view_rays(), k * height, k * width, "nearest")[0][0].reshape(-1)
+    values = x_T.transpose(0, 1).reshape(4, -1)
+    first = torch.full((k * k * height * width,), -1, dtype=torch.long)
+    first.scatter_(0, cell.flip(0), torch.arange(cell.numel() - 1, -1, -1))  # some pixel of each cell
+    shared = cell.bincount()[cell] > 1
+    assert int(shared.sum()) > 100  # the views overlap
+    torch.testing.assert_close(values, values[:, first[cell]])
+
+    # Within one view no value repeats (the fine grid), which nearest sampling of the canonical grid would not give.
+    view = x_T[0, 0].reshape(-1)
+    assert view.unique().numel() == view.numel()
+    coarse = bridge(replace(FULL_SPHERE, noise_oversample=1), channels=1, height=40)
+    _, x_coarse = coarse.initial_noise(torch.Generator().manual_seed(0))
+    assert x_coarse[0, 0].unique().numel() < x_coarse[0, 0].numel()
+
+
+def test_a_sampled_panorama_has_no_seam() -> None:
+    """Column 0 continues column Wt - 1 as smoothly as any two neighbouring columns; two halves painted
+    independently (the control) show a seam there."""
+    prior = GaussianTexturePriorConfig(prompt="clouds").setup()
+    panorama = PanoramaBridgeConfig(height=32).setup(prior)  # the paper's ring, whose view 4 straddles the seam
+    sampler = SyncSampler(prior, panorama, replace(SyncConfig(), num_steps=15))
+    painted = [sampler.sample(torch.Generator().manual_seed(seed)).z for seed in range(2)]
+
+    def seam_ratio(z: torch.Tensor) -> float:
+        neighbours = (z[..., 1:] - z[..., :-1]).abs().mean(dim=(0, 1))
+        return float((z[..., 0] - z[..., -1]).abs().mean() / neighbours.median())
+
+    for z in painted:
+        assert seam_ratio(z) < 1.5
+    half = painted[0].shape[-1] // 2
+    assert seam_ratio(torch.cat((painted[0][..., :half], painted[1][..., half:]), dim=-1)) > 3.0
+
+
+def front_near_depth(height: int = 32) -> torch.Tensor:
+    """Distance 1 in the front hemisphere (z > 0), 10 behind."""
+    return torch.where(equirect_directions(height)[..., 2] > 0, 1.0, 10.0)
+
+
+def test_depth_conditions_are_near_bright() -> None:
+    panorama = bridge(PanoramaBridgeConfig(), height=32, downsample=2, depth=front_near_depth())
+    depth = panorama.conditions().depth
+    size = panorama.instance_shape[-1] * 2  # the denoiser's image size
+    assert depth.shape == (8, 1, size, size)
+    assert float(depth.min()) >= 0.0 and float(depth.max()) <= 1.0
+    assert float(depth[0].min()) > 0.5  # view 0 faces the near hemisphere
+    assert float(depth[4].max()) < 0.1  # view 4 faces the far one
+
+    # Distance along the ray becomes depth along the optical axis: on a sphere of one radius the view's centre is
+    # the farthest point, so its corners are brighter than its centre.
+    sphere = bridge(PanoramaBridgeConfig(), height=32, depth=torch.full((32, 64), 5.0)).view_depth()
+    assert float(sphere[0, 0, 0, 0]) < float(sphere[0, 0, size // 4, size // 4])
+    assert float(sphere.max()) == pytest.approx(5.0, rel=0.01)
+
+
+def test_no_depth_no_conditions() -> None:
+    conditions = bridge(FULL_SPHERE).conditions()
+    assert conditions.depth is None and conditions.prompt_suffixes == ("",) * 26
+
+
+def test_export_writes_the_equirect_png(tmp_path) -> None:
+    panorama = bridge(FULL_SPHERE, height=16)
+    z = smooth_panorama(16)
+    path = panorama.export(z, tmp_path / "pano.png")
+    image = iio.imread(path)
+    assert image.shape == (16, 32, 3)
+    expected = ((z + 1) / 2).clamp(0, 1).permute(1, 2, 0) * 255
+    assert float((torch.from_numpy(image).float() - expected).abs().max()) <= 0.5 + 1e-3
+    with pytest.raises(InputError, match=r"\.png"):
+        panorama.export(z, tmp_path / "pano.jpg")
+
+
+def test_export_by_views_matches_the_panorama_for_pixel_codecs() -> None:
+    z = smooth_panorama(40)
+    by_views = bridge(replace(FULL_SPHERE, export_decode="views"), height=40).rgb_panorama(z)
+    direct = bridge(FULL_SPHERE, height=40).rgb_panorama(z)
+    assert by_views.shape == direct.shape == (3, 40, 80)
+    assert psnr(by_views, direct, peak=1.0) >= 35.0
+
+
+def test_seam_padding_gives_the_codec_a_continuous_panorama() -> None:
+    """A codec with a receptive field (a horizontal blur with zero padding, like a VAE's convolutions) sees wrapped
+    columns at the seam, so the decoded edges come out as they would anywhere else."""
+
+    def blurring_decode(x: torch.Tensor) -> torch.Tensor:
+        kernel = torch.full((x.shape[1], 1, 1, 5), 0.2)
+        return torch.nn.functional.conv2d(x, kernel, padding=(0, 2), groups=x.shape[1])
+
+    z = smooth_panorama(16)
+    padded = bridge(FULL_SPHERE, height=16, decode=blurring_decode).rgb_panorama(z)
+    unpadded = bridge(replace(FULL_SPHERE, seam_padding=0), height=16, decode=blurring_decode).rgb_panorama(z)
+    circular = blurring_decode(torch.cat((z[..., -2:], z, z[..., :2]), dim=-1)[None])[0][..., 2:-2]
+    torch.testing.assert_close(padded, circular)
+    assert float((unpadded[..., 0] - circular[..., 0]).abs().max()) > 0.05
+
+
+def test_cube_faces_export(tmp_path) -> None:
+    rgb01 = ((smooth_panorama(16) + 1) / 2).clamp(0, 1)
+    paths = export_cube_faces(rgb01, tmp_path / "pano.png")
+    assert paths == cube_face_paths(tmp_path / "pano.png")
+    assert [p.name for p in paths] == [f"pano_{f}.png" for f in ("front", "right", "back", "left", "up", "down")]
+    assert all(iio.imread(p).shape == (8, 8, 3) for p in paths)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"height": 1},
+        {"view_size": 0},
+        {"fov_deg": 180.0},
+        {"views_per_ring": 0},
+        {"elevations_deg": (95.0,)},
+        {"elevations_deg": (), "pole_views": False},
+        {"sampling": "bicubic"},
+        {"weight_power": -1.0},
+        {"border_feather": 2.0},
+        {"noise_oversample": 0},
+        {"seam_padding": -1},
+    ],
+)
+def test_bad_settings_are_input_errors(field) -> None:
+    with pytest.raises(InputError, match="PanoramaBridgeConfig"):
+        PanoramaBridgeConfig(**field)

@@ -1,0 +1,103 @@
+"""The panorama pipeline behind `sync-splat panorama`, run end to end with the exact prior on the CPU: it writes an
+equirectangular PNG of the right size (and cube faces), uses a depth map, and never overwrites an output."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from sync_splat.errors import InputError
+from sync_splat.panorama import PRIOR_HEIGHT, PanoramaConfig, paint_panorama
+
+QUICK = PanoramaConfig(prompt="clouds", steps=8, height=16)
+
+
+def test_paints_a_png_of_the_right_size(tmp_path) -> None:
+    out = tmp_path / "pano.png"
+    result = paint_panorama(QUICK, None, out, show_progress=False)
+    assert result.paths == (out,)
+    image = iio.imread(out)
+    assert image.shape == (16, 32, 3) and image.dtype == np.uint8
+    assert image.std() > 1.0  # a texture, not a flat colour
+    assert result.rgb01.shape == (3, 16, 32)
+
+
+def test_default_prior_panorama_is_small() -> None:
+    config = PanoramaConfig()
+    assert config.bridge_config().resolution(native_view_size=64) == (PRIOR_HEIGHT, 26)
+    assert PanoramaConfig(denoiser="sd").bridge_config().resolution(native_view_size=64) == (160, 64)
+
+
+def test_refuses_to_overwrite_and_leaves_the_file_alone(tmp_path) -> None:
+    out = tmp_path / "pano.png"
+    out.write_bytes(b"precious")
+    with pytest.raises(InputError, match="already exists"):
+        paint_panorama(QUICK, None, out, show_progress=False)
+    assert out.read_bytes() == b"precious"
+
+    fresh = tmp_path / "fresh.png"
+    (tmp_path / "fresh_up.png").write_bytes(b"face")
+    with pytest.raises(InputError, match="fresh_up.png already exists"):
+        paint_panorama(QUICK, None, fresh, cube_faces=True, show_progress=False)
+    assert not fresh.exists()
+
+
+def test_depth_map_and_cube_faces(tmp_path) -> None:
+    depth = tmp_path / "depth.npy"
+    np.save(depth, np.linspace(1.0, 5.0, 16 * 32, dtype=np.float32).reshape(16, 32))
+    before = depth.read_bytes()
+    out = tmp_path / "room.png"
+    result = paint_panorama(QUICK, depth, out, cube_faces=True, show_progress=False)
+    assert len(result.paths) == 7 and all(path.exists() for path in result.paths)
+    assert iio.imread(result.paths[1]).shape == (8, 8, 3)  # faces keep the panorama's resolution: width / 4
+    assert depth.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("config", "depth", "out", "message"),
+    [
+        (QUICK, None, "pano.jpg", r"\.png"),
+        (QUICK, "missing.npy", "pano.png", "not found"),
+        (PanoramaConfig(denoiser="sd"), None, "pano.png", "--depth"),  # fails before looking for weights
+        (PanoramaConfig(prompt="a castle", steps=2), None, "pano.png", "preset"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(tmp_path, config, depth, out, message) -> None:
+    with pytest.raises(InputError, match=message):
+        paint_panorama(config, None if depth is None else tmp_path / depth, tmp_path / out, show_progress=False)
+    assert not (tmp_path / out).exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_paths(tmp_path_factory):
+    """tests/denoisers/tiny_sd.py's random SD 1.5-geometry models (latent views of 8, VAE factor 8), saved once."""
+    module = sys.modules.get("tiny_sd")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("tiny_sd", Path(__file__).parent / "denoisers" / "tiny_sd.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["tiny_sd"] = module  # its dataclasses look their module up while being defined
+        spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models only wait on each other's threads on busy cores (denoisers/conftest.py)
+    yield module.save_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_stable_diffusion_path_with_controlnet_depth(tmp_path, tiny_sd_paths) -> None:
+    """Latent canonical space, depth conditions for the ControlNet, ring attention over 26 views, and the RGB
+    panorama averaged from decoded views at 8x the latent resolution."""
+    config = PanoramaConfig(prompt="a quiet room", denoiser="sd", steps=2)
+    sd = replace(config.sd, model=str(tiny_sd_paths.model), controlnet=str(tiny_sd_paths.controlnet), dtype="fp32")
+    config = replace(config, sd=replace(sd, device="cpu"))
+    depth = tmp_path / "depth.npy"
+    np.save(depth, np.linspace(1.0, 5.0, 16 * 32, dtype=np.float32).reshape(16, 32))
+    result = paint_panorama(config, depth, tmp_path / "room.png", show_progress=False)
+    assert iio.imread(result.paths[0]).shape == (160, 320, 3)  # 20 x 40 latents: matched to 8-latent views at 72

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
 from sync_splat.bridges.image_io import write_png
@@ -22,8 +20,10 @@ from sync_splat.denoisers.base import Denoiser
 from sync_splat.denoisers.prior import GaussianTexturePriorConfig
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
 from sync_splat.errors import InputError
-from sync_splat.sampler import SamplerState, SyncConfig, SyncSampler
+from sync_splat.progress import sample_with_progress
+from sync_splat.sampler import SyncConfig, SyncSampler
 from sync_splat.scene.depth_maps import read_depth_map
+from sync_splat.scene.files import refuse_existing
 
 PRIOR_HEIGHT = 64
 """Panorama rows with the prior when `height` is None: a 64 x 128 panorama seen by 26-pixel views, seconds on a CPU."""
@@ -140,10 +140,7 @@ def paint_panorama(
     if out.suffix.lower() != ".png":
         raise InputError(f"--out {out}: the panorama is written as a .png file")
     outputs = (out, *cube_face_paths(out)) if cube_faces else (out,)
-    for path in outputs:
-        if path.exists():
-            raise InputError(f"{path} already exists: choose another --out or remove it first (outputs are never "
-                             "overwritten)")  # fmt: skip
+    refuse_existing(*outputs)
     if config.denoiser == "sd" and config.sd.controlnet is not None and depth is None:
         raise InputError(
             "the SD denoiser's ControlNet depth needs a 360-degree depth map: pass --depth, or run without ControlNet "
@@ -153,18 +150,7 @@ def paint_panorama(
     denoiser = config.build_denoiser()
     bridge: PanoramaBridge = config.bridge_config().setup(denoiser, depth_map)
     sampler = SyncSampler(denoiser, bridge, config.sync_config())
-    generator = torch.Generator().manual_seed(config.seed)
-
-    with Progress(
-        TextColumn("[bold]painting[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress,
-    ) as progress:  # fmt: skip
-        task = progress.add_task(f"'{config.prompt}'", total=sampler.num_steps)
-
-        def advance(state: SamplerState) -> None:
-            progress.update(task, completed=state.step_index)
-
-        result = sampler.sample(generator, callback=advance)
+    result = sample_with_progress(sampler, config.seed, f"painting '{config.prompt}'", show_progress)
     rgb01 = bridge.rgb_panorama(result.z)
     paths = (write_png(rgb01, out),)
     if cube_faces:

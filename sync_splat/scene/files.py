@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from sync_splat.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -29,3 +31,11 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def refuse_existing(*paths: str | os.PathLike[str]) -> None:
+    """Outputs are never overwritten: raise `InputError` before any work when one of `paths` already exists."""
+    for path in map(Path, paths):
+        if path.exists():
+            raise InputError(f"{path} already exists: choose another --out or remove it first (outputs are never "
+                             "overwritten)")  # fmt: skip

@@ -81,3 +81,8 @@ def export_side_by_side(images: Float[Tensor, "K C h w"], decode: Decode, path: 
     """Decode K images of the denoiser's space and write them left to right as one PNG (atomically)."""
     rgb01 = decode(images)
     return write_png(torch.cat(list(rgb01), dim=-1), path)
+
+
+def write_image_rows(rows: tuple[Float[Tensor, "N 3 H W"], ...], path: str | Path) -> Path:
+    """One PNG grid: each tensor of images becomes a row, its images side by side (e.g. views before and after)."""
+    return write_png(torch.cat([torch.cat(list(images), dim=-1) for images in rows], dim=-2), path)

@@ -1,0 +1,127 @@
+"""Benchmark the mesh-texture bridge at the paper's sizes: seconds per sampling step, split into f and g.
+
+One synchronised step of SyncTweedies (case 2) costs, beside the denoiser, one aggregation g (the per-view sums,
+`unproject_sums`, then the division and the fill of unseen texels, `fill`) and one projection f (`project`). This
+times the three on random latents, without a denoiser: a 4 x 1536 x 1536 latent texture and 10 views of 96 x 96
+latents (768-pixel images, SD's factor 8), on the clutch-bag fixture (or a generated sphere when it is absent).
+The one-off geometry precomputation (rasterising views and UV layout, building the bake, the jump flood of unseen
+texels) is timed separately. Prints a Markdown table; the last line is `RESULT seconds_per_step=<float>`.
+
+    python scripts/bench_mesh.py [--mesh PATH] [--repeats 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+from sync_splat.bridges.mesh import MeshBridgeConfig, MeshTextureBridge
+from sync_splat.render.mesh import Backend
+from sync_splat.scene.mesh import MeshAsset
+
+
+def find_fixture(name: str) -> Path | None:
+    """A shared fixture from $SYNC_SPLAT_FIXTURES, <repo>/../shared/fixtures or /work/shared/fixtures."""
+    repo = Path(__file__).resolve().parents[1]
+    roots = [os.environ.get("SYNC_SPLAT_FIXTURES"), repo / "shared" / "fixtures", repo.parent / "shared" / "fixtures",
+             "/work/shared/fixtures"]  # fmt: skip
+    for root in roots:
+        if root and (Path(root) / name).is_file():
+            return Path(root) / name
+    return None
+
+
+def sphere_mesh(subdivisions: int = 5) -> MeshAsset:
+    """An icosphere (20 480 faces at 5 subdivisions) with xatlas UVs."""
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
+    return MeshAsset.from_arrays(sphere.vertices, sphere.faces, None)
+
+
+@dataclass(frozen=True)
+class BenchMesh:
+    """Time one sampling step of the mesh bridge (f, and g split into sums and fill) at the paper's sizes."""
+
+    mesh: Path | None = None
+    """Mesh to texture; None: the clutch_bag.obj fixture, or a generated sphere when it is absent."""
+    texture_size: int = 1536
+    """Side of the latent texture (the paper: 1536)."""
+    view_size: int = 768
+    """Side of the views in image pixels (the paper: 768, i.e. 96 x 96 latents)."""
+    downsample: int = 8
+    """Image-to-latent factor (SD's VAE: 8)."""
+    channels: int = 4
+    """Latent channels (SD: 4)."""
+    repeats: int = 5
+    """Timed steps (after one warm-up); the median is reported."""
+    threads: int | None = None
+    """torch CPU threads; None keeps torch's default."""
+    backend: Backend = "auto"
+    """Mesh rasteriser."""
+    device: str = "auto"
+    """Device of the bridge and the latents ("auto": CUDA when available)."""
+
+    def main(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        path = self.mesh or find_fixture("clutch_bag.obj")
+        start = time.perf_counter()
+        mesh = MeshAsset.load(path) if path is not None else sphere_mesh()
+        load_s = time.perf_counter() - start
+        config = MeshBridgeConfig(
+            view_size=self.view_size, texture_size=self.texture_size, backend=self.backend, device=self.device
+        )
+        start = time.perf_counter()
+        bridge = MeshTextureBridge(mesh, config, channels=self.channels, downsample=self.downsample)
+        setup_s = time.perf_counter() - start
+        device = bridge.device
+        generator = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn((bridge.num_views, *bridge.instance_shape), generator=generator, device=device)
+        z = torch.randn(bridge.canonical_shape, generator=generator, device=device)
+
+        def timed(function, *args):  # noqa: ANN001, ANN202
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            begin = time.perf_counter()
+            out = function(*args)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out, time.perf_counter() - begin
+
+        times: dict[str, list[float]] = {"project (f)": [], "unproject sums (g: splat, per-view fill, weights)": [],
+                                         "fill (g: divide, unseen texels)": []}  # fmt: skip
+        for repeat in range(self.repeats + 1):
+            (num, den), sums_s = timed(bridge.unproject_sums, x)
+            z, fill_s = timed(bridge._on(device).bake.fill, num, den)
+            _, project_s = timed(bridge.project, z, x)
+            if repeat > 0:  # the first step warms caches up
+                for key, value in zip(times, (project_s, sums_s, fill_s), strict=True):
+                    times[key].append(value)
+        medians = {key: statistics.median(values) for key, values in times.items()}
+        per_step = sum(medians.values())
+
+        bake = bridge._on(device).bake
+        name = path.name if path is not None else "icosphere (generated)"
+        print(f"mesh: {name}, {mesh.num_faces} faces; device: {device}, torch threads: {torch.get_num_threads()}")
+        print(f"texture {bridge.canonical_shape}, views {bridge.num_views} x {bridge.instance_shape}, "
+              f"{bake.texel.numel()} (texel, pixel) pairs")  # fmt: skip
+        print()
+        print("| phase | seconds |")
+        print("|---|---|")
+        print(f"| load mesh (once) | {load_s:.3f} |")
+        print(f"| bridge setup: rasterise, bake, flood (once) | {setup_s:.3f} |")
+        for key, value in medians.items():
+            print(f"| {key}, per step | {value:.4f} |")
+        print(f"| **total per step** | **{per_step:.4f}** |")
+        print(f"RESULT seconds_per_step={per_step:.6f}")
+
+
+if __name__ == "__main__":
+    tyro.cli(BenchMesh).main()

@@ -3,15 +3,11 @@ equirectangular PNG of the right size (and cube faces), uses a depth map, and ne
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 
 from sync_splat.errors import InputError
 from sync_splat.panorama import PRIOR_HEIGHT, PanoramaConfig, paint_panorama
@@ -75,27 +71,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, config, depth, out, message) -
     assert not (tmp_path / out).exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_sd_paths(tmp_path_factory):
-    """tests/denoisers/tiny_sd.py's random SD 1.5-geometry models (latent views of 8, VAE factor 8), saved once."""
-    module = sys.modules.get("tiny_sd")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("tiny_sd", Path(__file__).parent / "denoisers" / "tiny_sd.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["tiny_sd"] = module  # its dataclasses look their module up while being defined
-        spec.loader.exec_module(module)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models only wait on each other's threads on busy cores (denoisers/conftest.py)
-    yield module.save_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-def test_stable_diffusion_path_with_controlnet_depth(tmp_path, tiny_sd_paths) -> None:
+def test_stable_diffusion_path_with_controlnet_depth(tmp_path, tiny_sd) -> None:
     """Latent canonical space, depth conditions for the ControlNet, ring attention over 26 views, and the RGB
     panorama averaged from decoded views at 8x the latent resolution."""
     config = PanoramaConfig(prompt="a quiet room", denoiser="sd", steps=2)
-    sd = replace(config.sd, model=str(tiny_sd_paths.model), controlnet=str(tiny_sd_paths.controlnet), dtype="fp32")
+    sd = replace(config.sd, model=str(tiny_sd.model), controlnet=str(tiny_sd.controlnet), dtype="fp32")
     config = replace(config, sd=replace(sd, device="cpu"))
     depth = tmp_path / "depth.npy"
     np.save(depth, np.linspace(1.0, 5.0, 16 * 32, dtype=np.float32).reshape(16, 32))

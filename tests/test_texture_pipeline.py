@@ -4,8 +4,6 @@ the input left alone; the clutch-bag fixture textures in seconds."""
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,26 +16,6 @@ from sync_splat.errors import InputError
 from sync_splat.texture import OUTPUT_NAMES, MeshTextureConfig, texture_mesh
 
 SMALL = MeshBridgeConfig(view_size=32, texture_size=64, rgb_texture_size=64, device="cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """These tests run many small tensor operations: on 2 shared cores one torch thread is several times faster
-    (no spinning OpenMP workers). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def fixture_path(name: str) -> Path | None:
-    repo = Path(__file__).resolve().parents[1]
-    roots = [os.environ.get("SYNC_SPLAT_FIXTURES"), repo / "shared" / "fixtures", repo.parent / "shared" / "fixtures",
-             "/work/shared/fixtures"]  # fmt: skip
-    for root in roots:
-        if root and (Path(root) / name).is_file():
-            return Path(root) / name
-    return None
 
 
 @pytest.fixture
@@ -88,10 +66,8 @@ def test_texture_mesh_never_overwrites_and_rejects_bad_meshes(box_obj: Path, tmp
     assert not (tmp_path / "other").exists()
 
 
-def test_the_clutch_bag_textures_on_cpu_with_the_prior(tmp_path: Path) -> None:
-    path = fixture_path("clutch_bag.obj")
-    if path is None:
-        pytest.skip("the shared fixture clutch_bag.obj is not available (set SYNC_SPLAT_FIXTURES)")
+def test_the_clutch_bag_textures_on_cpu_with_the_prior(tmp_path: Path, shared_fixture) -> None:
+    path = shared_fixture("clutch_bag.obj")
     config = MeshTextureConfig(prompt="marble", steps=30, bridge=MeshBridgeConfig(
         view_size=32, texture_size=128, rgb_texture_size=128, device="cpu"))  # fmt: skip
     result = texture_mesh(config, path, tmp_path / "bag", show_progress=False)
@@ -104,15 +80,12 @@ def test_the_clutch_bag_textures_on_cpu_with_the_prior(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_texture_mesh_runs_stable_diffusion_with_controlnet_depth(box_obj: Path, tmp_path: Path) -> None:
+def test_texture_mesh_runs_stable_diffusion_with_controlnet_depth(box_obj: Path, tmp_path: Path, tiny_sd) -> None:
     """The latent path: 4-channel latent texture, views 8x smaller than their images, depth for the ControlNet and
-    view suffixes for the prompts, on tiny random SD + ControlNet folders (tests/denoisers/tiny_sd.py)."""
-    sys.path.insert(0, str(Path(__file__).parent / "denoisers"))
-    from tiny_sd import save_tiny_sd
-
+    view suffixes for the prompts, on tiny random SD + ControlNet folders (tests/tiny_sd.py)."""
     from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiser, StableDiffusionDenoiserConfig
 
-    models = save_tiny_sd(tmp_path / "models")
+    models = tiny_sd
     sd = StableDiffusionDenoiserConfig(
         model=str(models.model), controlnet=str(models.controlnet), dtype="fp32", device="cpu", guidance_scale=15.5
     )

@@ -21,16 +21,6 @@ from sync_splat.scene.mesh import MeshAsset
 SMALL = MeshBridgeConfig(view_size=32, texture_size=64, rgb_texture_size=64, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """These tests run many small tensor operations: on 2 shared cores one torch thread is several times faster
-    (no spinning OpenMP workers). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def wavy_sheet(n: int = 17) -> MeshAsset:
     """A gently curved square sheet facing +z with the seamless UV layout u = (x + 1) / 2, v = (y + 1) / 2."""
     ticks = torch.linspace(-1.0, 1.0, n)

@@ -17,8 +17,6 @@ from sync_splat.denoisers.attention import (
     uninstall_multiview_attention,
 )
 
-pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
-
 ATOL = 1e-5
 
 

@@ -21,8 +21,6 @@ from sync_splat.denoisers.stable_diffusion import (
 from sync_splat.errors import InputError
 from sync_splat.functional.diffusion import NoiseSchedule, ddim_step, eps_from_v, tweedie
 
-pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
-
 ATOL = 1e-5
 SUFFIXES = (", front view", ", side view", ", back view")
 

@@ -6,7 +6,6 @@ Every file is generated here (tmp_path); the only file read from outside is the 
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from pathlib import Path
 
@@ -19,11 +18,6 @@ from sync_splat.errors import InputError
 from sync_splat.scene.gaussians import SH_C0, GaussianScene, ply_property_names, read_ply
 
 FIELDS = ("means", "quats_wxyz", "log_scales", "opacity_logits", "sh")
-DONUT_CANDIDATES = [
-    Path(os.environ.get("SYNC_SPLAT_FIXTURES", "fixtures")) / "donut_mipsplatting.ply",
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "donut_mipsplatting.ply",
-    Path("/work/shared/fixtures/donut_mipsplatting.ply"),
-]
 DONUT_COUNT = 45624
 
 
@@ -170,15 +164,8 @@ def test_extra_properties_are_ignored(tmp_path: Path) -> None:
     assert_same(scene, GaussianScene.load(path))
 
 
-def find_donut() -> Path:
-    path = next((p for p in DONUT_CANDIDATES if p.is_file()), None)
-    if path is None:
-        pytest.skip("the shared fixture donut_mipsplatting.ply is not available (set SYNC_SPLAT_FIXTURES)")
-    return path
-
-
-def test_loads_the_mip_splatting_donut_without_touching_it(tmp_path: Path) -> None:
-    path = find_donut()
+def test_loads_the_mip_splatting_donut_without_touching_it(tmp_path: Path, shared_fixture) -> None:
+    path = shared_fixture("donut_mipsplatting.ply")
     before, mtime = digest(path), path.stat().st_mtime_ns
     scene = GaussianScene.load(path)
     assert digest(path) == before and path.stat().st_mtime_ns == mtime

@@ -4,7 +4,6 @@ textured export (OBJ + MTL + PNG and GLB, read back by trimesh) and one-line err
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,26 +27,6 @@ vt 0.1 0.8
 f 1/1 2/2 3/3
 f 1/1 3/3 4/4
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """These tests run many small tensor operations: on 2 shared cores one torch thread is several times faster
-    (no spinning OpenMP workers). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def fixture_path(name: str) -> Path | None:
-    repo = Path(__file__).resolve().parents[2]
-    roots = [os.environ.get("SYNC_SPLAT_FIXTURES"), repo / "shared" / "fixtures", repo.parent / "shared" / "fixtures",
-             "/work/shared/fixtures"]  # fmt: skip
-    for root in roots:
-        if root and (Path(root) / name).is_file():
-            return Path(root) / name
-    return None
 
 
 def digest(path: Path) -> str:
@@ -79,10 +58,8 @@ def test_obj_with_uvs_and_a_missing_mtl_keeps_the_files_uvs(quad_obj: Path) -> N
     assert digest(quad_obj) == before
 
 
-def test_the_clutch_bag_fixture_loads_without_its_mtl() -> None:
-    path = fixture_path("clutch_bag.obj")
-    if path is None:
-        pytest.skip("the shared fixture clutch_bag.obj is not available (set SYNC_SPLAT_FIXTURES)")
+def test_the_clutch_bag_fixture_loads_without_its_mtl(shared_fixture) -> None:
+    path = shared_fixture("clutch_bag.obj")
     assert not path.with_name("textured.mtl").exists()
     mesh = MeshAsset.load(path)
     assert mesh.num_faces == 4484 and mesh.uv_origin == "file"

@@ -7,7 +7,7 @@ equirectangular PNG (and optionally six cube-map faces) atomically, never over a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -16,30 +16,25 @@ from torch import Tensor
 from sync_splat.bridges.image_io import write_png
 from sync_splat.bridges.panorama import PanoramaBridge, PanoramaBridgeConfig, cube_face_paths, export_cube_faces
 from sync_splat.denoisers.attention import MultiViewAttentionConfig
-from sync_splat.denoisers.base import Denoiser
-from sync_splat.denoisers.prior import GaussianTexturePriorConfig
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
 from sync_splat.errors import InputError
 from sync_splat.progress import sample_with_progress
-from sync_splat.sampler import SyncConfig, SyncSampler
+from sync_splat.sampler import SyncSampler
 from sync_splat.scene.depth_maps import read_depth_map
 from sync_splat.scene.files import refuse_existing
+from sync_splat.settings import SamplingSettings
 
 PRIOR_HEIGHT = 64
 """Panorama rows with the prior when `height` is None: a 64 x 128 panorama seen by 26-pixel views, seconds on a CPU."""
 
 
 @dataclass(frozen=True)
-class PanoramaConfig:
+class PanoramaConfig(SamplingSettings):
     """What panorama to paint, and how."""
 
     prompt: str = "clouds"
     """The text prompt. With the prior it names a texture preset (marble, wood, stripes, clouds, camouflage,
     terrazzo, granite)."""
-    denoiser: Literal["prior", "sd"] = "prior"
-    """'prior': the exact Gaussian-texture prior (CPU, no weights); 'sd': Stable Diffusion + ControlNet depth."""
-    steps: int = 30
-    """Denoising steps."""
     height: int | None = None
     """Panorama rows in the denoiser's space (the PNG has height x 8 rows with SD); None: 64 with the prior, and with
     SD the views' angular resolution (160 latent rows, a 1280 x 2560 PNG)."""
@@ -51,12 +46,6 @@ class PanoramaConfig:
     """Add views straight up and down, so that with the +-45 degree rings the whole sphere is seen."""
     fov_deg: float = 72.0
     """Field of view of every view (the paper: 72 degrees)."""
-    case: int = 2
-    """The paper's synchronisation case (2 = SyncTweedies; 5 = canonical x0 averaging; 0 = none)."""
-    sync_until: float = 0.8
-    """Fraction of the schedule that is synchronised (the paper's mvd_end)."""
-    seed: int = 0
-    """Seed of the one random generator of the run."""
     sd: StableDiffusionDenoiserConfig = field(
         default_factory=lambda: StableDiffusionDenoiserConfig(
             guidance_scale=25.0, multiview_attention=MultiViewAttentionConfig(reference_view=4)
@@ -76,15 +65,6 @@ class PanoramaConfig:
     export_decode: Literal["auto", "panorama", "views"] = "auto"
     """How the PNG is decoded: the whole panorama at once, or per view and averaged in RGB (auto: the panorama for
     the prior, the views for SD, whose VAE decodes the stretched polar rows of a latent panorama poorly)."""
-
-    def build_denoiser(self) -> Denoiser:
-        """The denoiser this config names (raises InputError for unknown prompts or missing weights)."""
-        if self.denoiser == "prior":
-            return GaussianTexturePriorConfig(prompt=self.prompt).setup()
-        return replace(self.sd, prompt=self.prompt).setup()
-
-    def sync_config(self) -> SyncConfig:
-        return replace(SyncConfig.case(self.case), num_steps=self.steps, sync_until=self.sync_until)
 
     def bridge_config(self) -> PanoramaBridgeConfig:
         """The bridge settings with this config's resolution and views."""

@@ -10,67 +10,41 @@ Existing files are never overwritten, and the input mesh is never written to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from torch import Tensor
 
 from sync_splat.bridges.image_io import write_image_rows
 from sync_splat.bridges.mesh import MeshBridgeConfig, MeshTextureBridge
-from sync_splat.denoisers.base import Denoiser
-from sync_splat.denoisers.prior import GaussianTexturePriorConfig
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
-from sync_splat.errors import InputError
 from sync_splat.progress import sample_with_progress
-from sync_splat.sampler import SyncConfig, SyncSampler
+from sync_splat.sampler import SyncSampler
 from sync_splat.scene.files import refuse_existing
 from sync_splat.scene.mesh import MeshAsset, UVMode
+from sync_splat.settings import SamplingSettings
 
 OUTPUT_NAMES = ("textured.obj", "textured.mtl", "textured.png", "textured.glb", "views.png")
 """The files `texture_mesh` writes into its output folder."""
 
 
 @dataclass(frozen=True)
-class MeshTextureConfig:
+class MeshTextureConfig(SamplingSettings):
     """What to paint on a mesh, and how."""
 
     prompt: str = "marble"
     """The text prompt. With the prior it names a texture preset (marble, wood, stripes, clouds, camouflage,
     terrazzo, granite); with SD each view adds ", front view." / ", side view." / ", back view."."""
-    denoiser: Literal["prior", "sd"] = "prior"
-    """'prior': the exact Gaussian-texture prior (CPU, no weights); 'sd': Stable Diffusion + ControlNet depth."""
-    steps: int = 30
-    """Denoising steps (the paper: 30)."""
-    case: int = 2
-    """The paper's synchronisation case (2 = SyncTweedies; 5 = SyncMVD's canonical averaging; 0 = none)."""
-    sync_until: float = 0.8
-    """Fraction of the schedule that is synchronised (the paper's mvd_end)."""
-    method: Literal["ddim", "ddpm"] = "ddim"
-    """Reverse step: DDIM (the paper's README and tests) or DDPM (the official mesh default)."""
-    seed: int = 0
-    """Seed of the one random generator of the run."""
-    uvs: UVMode = "auto"
-    """UV layout: the file's when usable, else xatlas ('auto'); the file's or an error ('file'); always xatlas."""
-    bridge: MeshBridgeConfig = field(default_factory=MeshBridgeConfig)
-    """Views, texture sizes and aggregation weights (defaults: the paper's 10 views; view size = the denoiser's
-    native size, 64 pixels for the prior and 512 for SD 1.5; the paper used 768 with SD)."""
     sd: StableDiffusionDenoiserConfig = field(
         default_factory=lambda: StableDiffusionDenoiserConfig(guidance_scale=15.5)
     )
     """Stable Diffusion settings (used with --denoiser sd; the prompt above replaces sd.prompt). The official mesh
     settings: guidance 15.5, ControlNet depth scale 0.7."""
-
-    def build_denoiser(self) -> Denoiser:
-        """The denoiser this config names (raises InputError for unknown prompts or missing weights)."""
-        if self.denoiser == "prior":
-            return GaussianTexturePriorConfig(prompt=self.prompt).setup()
-        if self.denoiser == "sd":
-            return replace(self.sd, prompt=self.prompt).setup()
-        raise InputError(f"denoiser must be 'prior' or 'sd', got {self.denoiser!r}")
-
-    def sync_config(self) -> SyncConfig:
-        return replace(SyncConfig.case(self.case), num_steps=self.steps, sync_until=self.sync_until, method=self.method)
+    uvs: UVMode = "auto"
+    """UV layout: the file's when usable, else xatlas ('auto'); the file's or an error ('file'); always xatlas."""
+    bridge: MeshBridgeConfig = field(default_factory=MeshBridgeConfig)
+    """Views, texture sizes and aggregation weights (defaults: the paper's 10 views; view size = the denoiser's
+    native size, 64 pixels for the prior and 512 for SD 1.5; the paper used 768 with SD)."""
 
 
 @dataclass(frozen=True)

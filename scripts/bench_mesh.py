@@ -12,7 +12,6 @@ texels) is timed separately. Prints a Markdown table; the last line is `RESULT s
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,21 +19,11 @@ from pathlib import Path
 
 import torch
 import tyro
+from shared_fixtures import find_fixture
 
 from sync_splat.bridges.mesh import MeshBridgeConfig, MeshTextureBridge
 from sync_splat.render.mesh import Backend
 from sync_splat.scene.mesh import MeshAsset
-
-
-def find_fixture(name: str) -> Path | None:
-    """A shared fixture from $SYNC_SPLAT_FIXTURES, <repo>/../shared/fixtures or /work/shared/fixtures."""
-    repo = Path(__file__).resolve().parents[1]
-    roots = [os.environ.get("SYNC_SPLAT_FIXTURES"), repo / "shared" / "fixtures", repo.parent / "shared" / "fixtures",
-             "/work/shared/fixtures"]  # fmt: skip
-    for root in roots:
-        if root and (Path(root) / name).is_file():
-            return Path(root) / name
-    return None
 
 
 def sphere_mesh(subdivisions: int = 5) -> MeshAsset:

@@ -1,7 +1,7 @@
 """Test-wide settings: offline, CPU, deterministic, small thread pools.
 
 Every test runs without a GPU and without network access; models are built from config (see
-tests/denoisers/tiny_sd.py). CUDA-only tests carry the `gpu` marker and skip themselves without CUDA.
+tests/tiny_sd.py). CUDA-only tests carry the `gpu` marker and skip themselves without CUDA.
 """
 
 import os

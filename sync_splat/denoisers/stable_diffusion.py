@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
+import tyro
 from jaxtyping import Float
 from torch import Tensor
 
@@ -59,8 +60,9 @@ class StableDiffusionDenoiserConfig:
     """Base model: a hub id or a local diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
     controlnet: str | None = "lllyasviel/control_v11f1p_sd15_depth"
     """ControlNet depth: a hub id or a local folder; None runs the base model without depth conditioning."""
-    prompt: str = ""
-    """The text prompt; each view appends its suffix (ViewConditions.prompt_suffixes)."""
+    prompt: tyro.conf.Suppress[str] = ""
+    """The text prompt; each view appends its suffix (ViewConditions.prompt_suffixes). Not a command-line option:
+    the front doors set it from their own --prompt."""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     """The prompt of the unconditional guidance branch (the same for every view)."""
     guidance_scale: float = 7.5

@@ -1,0 +1,53 @@
+"""`ns-train sync-splat`: the method's configuration, registered with nerfstudio through an entry point.
+
+pyproject.toml declares `[project.entry-points."nerfstudio.method_configs"] sync-splat =
+"nerfstudio_plugin.config:sync_splat"`; nerfstudio registers the method under `sync_splat.config.method_name`.
+The config is built from scratch: importing `nerfstudio.configs.method_configs` here (to copy splatfacto's)
+would be a circular import when this module is imported first (notes §1).
+
+    ns-train sync-splat --data DATA --pipeline.source outputs/.../config.yml --pipeline.prompt "a marble statue"
+    ns-train sync-splat --pipeline.source scene.ply --pipeline.denoiser prior --pipeline.prompt wood
+
+One trainer iteration is one denoising step; the run ends when sampling is complete and leaves `restyled.ply`
+in the run folder. `--max-num-iterations K` stops after K steps; `--load-dir <run>/nerfstudio_models` resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from nerfstudio_plugin.pipeline import SyncSplatPipelineConfig
+
+
+@dataclass
+class SyncSplatTrainerConfig(TrainerConfig):
+    """Nerfstudio's trainer settings for sync-splat: one iteration per denoising step, nothing optimised."""
+
+    max_num_iterations: int | None = None  # type: ignore[assignment]
+    """Trainer iterations, one denoising step each; None: all --pipeline.steps (resume early stops with --load-dir)."""
+
+
+sync_splat = MethodSpecification(
+    config=SyncSplatTrainerConfig(
+        method_name="sync-splat",
+        steps_per_save=10,
+        steps_per_eval_batch=0,
+        steps_per_eval_image=0,
+        steps_per_eval_all_images=0,
+        max_num_iterations=None,
+        mixed_precision=False,
+        # nerfstudio's default is CUDA; sync-splat also renders and samples on the CPU, so it takes what is here.
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
+        pipeline=SyncSplatPipelineConfig(),
+        optimizers={},
+        viewer=ViewerConfig(websocket_host="127.0.0.1", num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    ),
+    description="Restyle a Gaussian-splat scene from a text prompt with SyncTweedies (synchronised diffusion).",
+)
+"""The `sync-splat` method: `ns-train sync-splat --help` lists its settings."""

@@ -1,0 +1,456 @@
+"""The sync-splat pipeline: one synchronised denoising step per trainer iteration, shown live in the viewer.
+
+What it owns and in which order it builds it (`__init__`):
+1. the source scene, loaded here from `--pipeline.source` (a splatfacto config.yml or .ckpt, or a 3DGS PLY)
+   rather than through `--load-dir`, which would leave the trainer's optimisers holding stale parameters;
+2. the denoiser (`RestyleConfig.build_denoiser`: Stable Diffusion + ControlNet depth, or the exact prior);
+3. the datamanager (the dataset, or orbit views rendered from the source) and the model (`SyncSplatModel`,
+   frozen geometry = the source's);
+4. the instance cameras (dataset cameras evenly spread, or an orbit rig), the splat bridge and the sampler.
+
+Each `get_train_loss_dict` takes one `SyncSampler.step` and writes colours into the model (the canonical Tweedie
+estimate `z0_hat`, or the current sample: a viewer checkbox picks which), so the viewer shows progress live. The
+loss it returns is a constant zero that the trainer can backpropagate: nothing is optimised by the trainer.
+When the last step is taken, the sampler's answer becomes the model's colours and `restyled.ply` (standard 3DGS
+layout, geometry bit-identical to the source) is written into the run folder.
+
+Checkpoints: the sampler state, the final answer, the settings it was sampled with and the live settings are the
+pipeline's extra state (`get_extra_state`), the colours are the model's parameters; so `--load-dir` resumes a
+stopped run and ends with the same result as an uninterrupted one (other settings or another source are refused).
+The denoiser, the bridge and the sampler are plain attributes with leading underscores: they are neither
+registered as modules (their weights never enter `state_dict`) nor scanned by the viewer. Only training
+(nerfstudio's "val" mode) builds them; ns-viewer, ns-render and ns-export load a run's model alone, without
+diffusion weights.
+
+The trainer's loop is sized to the steps left (`get_training_callbacks`) and cannot grow: a viewer restart
+mid-run may leave steps for `--load-dir` to finish, and once the loop is over the sampling controls are disabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+import tyro
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerNumber, ViewerText
+from torch import Tensor
+
+from nerfstudio_plugin.datamanager import SyncSplatDatamanagerConfig
+from nerfstudio_plugin.model import SyncSplatModelConfig
+from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
+from sync_splat.errors import InputError
+from sync_splat.restyle import RestyleConfig, orbit_cameras
+from sync_splat.sampler import SamplerState, SyncSampler
+from sync_splat.scene.cameras import Cameras
+from sync_splat.scene.gaussians import GaussianScene
+
+if typing.TYPE_CHECKING:
+    from sync_splat.denoisers.base import Denoiser
+
+RESTYLED_PLY = "restyled.ply"
+"""The file name of the product in the run folder."""
+
+
+@dataclass
+class SyncSplatPipelineConfig(VanillaPipelineConfig):
+    """What to restyle, into what, and how (the restyle settings are shared with `sync-splat restyle`)."""
+
+    _target: type = field(default_factory=lambda: SyncSplatPipeline)
+    datamanager: SyncSplatDatamanagerConfig = field(default_factory=SyncSplatDatamanagerConfig)
+    """Cameras and images: the dataset given with --data, or orbit views rendered from the source."""
+    model: SyncSplatModelConfig = field(default_factory=SyncSplatModelConfig)
+    """The splatfacto model that holds the frozen geometry and the colours being restyled."""
+    source: Path | None = None
+    """The scene to restyle, never modified: a splatfacto run's config.yml or .ckpt (on --data if given), or a .ply."""
+    cameras: Literal["dataset", "orbit"] = "dataset"
+    """Views to restyle: 'dataset' spreads --pipeline.views cameras over the --data capture, 'orbit' rings the scene."""
+    resolution: int | None = None
+    """Long side of the views in pixels (rounded to a multiple of 64); None uses the denoiser's native size."""
+    restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(
+        default_factory=lambda: RestyleConfig(denoiser="sd")
+    )
+
+
+class SyncSplatPipeline(VanillaPipeline):
+    """Runs the synchronised sampler over a frozen splat scene, one step per trainer iteration.
+
+    Attributes:
+        datamanager: nerfstudio's datamanager (cameras and images for the trainer and the viewer).
+        model: the `SyncSplatModel` holding the scene whose colours are restyled.
+        prompt, guidance_scale, restart, show_preview, step_counter: the viewer's controls.
+    """
+
+    config: SyncSplatPipelineConfig
+
+    def __init__(
+        self,
+        config: SyncSplatPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: torch.cuda.amp.GradScaler | None = None,
+    ) -> None:
+        Pipeline.__init__(self)  # not VanillaPipeline's: the model is built from the source, not seed points
+        with _one_line_errors():
+            self._setup(config, device, test_mode, world_size, local_rank, grad_scaler)
+
+    def _setup(
+        self,
+        config: SyncSplatPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"],
+        world_size: int,
+        local_rank: int,
+        grad_scaler: torch.cuda.amp.GradScaler | None,
+    ) -> None:
+        if world_size != 1:
+            raise InputError("sync-splat runs on one device: drop --machine.num-devices")
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise InputError("--machine.device-type cuda, but torch finds no CUDA device: drop the flag to use the CPU")
+        if config.source is None:
+            raise InputError(
+                "--pipeline.source is missing: pass the scene to restyle (a splatfacto run's config.yml, its .ckpt, "
+                "or a 3DGS .ply)"
+            )
+        self.config = config
+        self.test_mode = test_mode
+        self.world_size = world_size
+        self._restyle = self._restyle_config(config)
+        self._source = GaussianScene.load(config.source)
+        # Only training samples ("val", the trainer's mode); ns-export, ns-viewer, ns-render and ns-eval ("inference",
+        # "test") need the model alone, so no diffusion weights are loaded for them.
+        self._denoiser: Denoiser | None = self._restyle.build_denoiser() if test_mode == "val" else None
+        self._orbit = orbit_cameras(self._source, self._restyle.views, self._view_size(), self._restyle.fov_deg)
+
+        self.datamanager = config.datamanager.setup(
+            device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank,
+            scene=self._source, cameras=self._orbit,
+        )  # fmt: skip
+        self.datamanager.to(device)
+        self._model = config.model.setup(
+            scene_box=self.datamanager.train_dataset.scene_box,
+            num_train_data=len(self.datamanager.train_dataset),
+            metadata=self.datamanager.train_dataset.metadata,
+            device=device,
+            grad_scaler=grad_scaler,
+            scene=self._source,
+        )
+        self.model.to(device)
+
+        self._bridge: GaussianSplatBridge | None = None
+        self._sampler: SyncSampler | None = None
+        self._state: SamplerState | None = None
+        self._result: Tensor | None = None  # the canonical answer z once sampling is complete
+        self._exported: Path | None = None
+        self._run_dir: Path | None = None
+        if self._denoiser is not None:
+            self._build_sampler(device)
+            self._state = self._sampler.init(self._generator())
+
+        sd = self._restyle.sd
+        self.prompt = ViewerText("Prompt", self._restyle.prompt, cb_hook=self._on_prompt,
+                                 hint="Text prompt; applies from the next step (Restart to start over)")  # fmt: skip
+        self.guidance_scale = ViewerNumber(
+            "Guidance scale", sd.guidance_scale, cb_hook=self._on_guidance_scale,
+            disabled=self._restyle.denoiser != "sd", hint="Classifier-free guidance (Stable Diffusion only)",
+        )  # fmt: skip
+        # A restart needs as many iterations as a fresh run: the trainer's loop stops where it was sized to stop,
+        # and --load-dir resumes from there.
+        self.restart = ViewerButton("Restart sampling", cb_hook=lambda _: self.restart_sampling())
+        self.show_preview = ViewerCheckbox(
+            "Show x0_hat preview", True, cb_hook=lambda _: self._show(),
+            hint="On: the Tweedie estimate of the final colours; off: the current (noisy) sample",
+        )  # fmt: skip
+        self.step_counter = ViewerText("Denoising step", self._progress(), disabled=True)
+
+    # ---- construction ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _restyle_config(config: SyncSplatPipelineConfig) -> RestyleConfig:
+        """The restyle settings; nerfstudio's own `--prompt` (set on the model config by ns-train) wins."""
+        prompt = getattr(config.model, "prompt", None)
+        return replace(config.restyle, prompt=prompt) if prompt else config.restyle
+
+    def _view_size(self) -> int:
+        if self.config.resolution is not None:
+            return self.config.resolution
+        return self._denoiser.native_size if self._denoiser is not None else 512
+
+    @property
+    def _views_from_orbit(self) -> bool:
+        return self.config.cameras == "orbit" or not self.config.datamanager.has_dataset
+
+    def _instance_cameras(self) -> Cameras:
+        """The views to restyle, at the denoiser's resolution."""
+        if self._views_from_orbit:
+            return self._orbit
+        dataset = self.datamanager.train_dataset.cameras
+        cameras = Cameras.from_nerfstudio(
+            dataset.camera_to_worlds, dataset.fx, dataset.fy, dataset.cx, dataset.cy, dataset.width, dataset.height,
+            max_views=self._restyle.views,
+        )  # fmt: skip
+        size = self._view_size()
+        return cameras.resized_for(size, multiple=64 if size >= 64 else size)
+
+    def _build_sampler(self, device: str | torch.device) -> None:
+        assert self._denoiser is not None
+        cameras = self._instance_cameras()
+        fit = self._restyle.fit if cameras is self._orbit else _oriented_for(cameras, self._source, self._restyle.fit)
+        self._bridge = GaussianSplatBridge(self._source.to(device), cameras.to(device), self._denoiser, fit)
+        self._sampler = SyncSampler(self._denoiser, self._bridge, self._restyle.sync_config())
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self._restyle.seed)
+
+    # ---- one step per trainer iteration ---------------------------------------------------------------------
+
+    @property
+    def num_steps(self) -> int:
+        """Denoising steps of a whole run."""
+        return self._restyle.steps if self._sampler is None else self._sampler.num_steps
+
+    @property
+    def steps_taken(self) -> int:
+        return 0 if self._state is None else self._state.step_index
+
+    @property
+    def complete(self) -> bool:
+        """Whether sampling has finished (the answer is in the model and ready to export)."""
+        return self._result is not None
+
+    def get_train_loss_dict(self, step: int) -> tuple[dict, dict[str, Tensor], dict[str, Any]]:
+        """Take the next denoising step (none once complete) and show its colours; the loss is a constant 0."""
+        if self._sampler is None or self._state is None:
+            raise RuntimeError("this pipeline was built to show a run (ns-viewer, ns-export), not to sample")
+        if not self.complete:
+            self._state = self._sampler.step(self._state)
+            if self._state.step_index == self._sampler.num_steps:
+                self._result = self._sampler.finish(self._state).z
+            self._show()
+        loss = torch.zeros((), device=self.device, requires_grad=True)
+        metrics = {"denoising_step": float(self.steps_taken)}
+        return {}, {"sync_splat": loss}, metrics
+
+    def _show(self) -> None:
+        """Write the colours to display into the model: the answer once complete, else the preview the viewer
+        asks for (x0_hat, or the current sample), else the source's own colours."""
+        self.step_counter.value = self._progress()
+        if self._bridge is None or self._state is None:
+            return
+        if self.complete:
+            z = self._result
+        elif self._state.z0_hat is None:
+            self.model.load_scene(self._source)
+            return
+        elif self.show_preview.value:
+            z = self._state.z0_hat
+        elif self._state.z_t is not None:
+            z = self._state.z_t
+        else:
+            z = self._bridge.unproject(self._state.x_t, previous=self._state.z0_hat)
+        self.model.set_colours(self._bridge.restyled_scene(z).rgb01)
+
+    def _progress(self) -> str:
+        done = " (complete)" if self.complete else ""
+        return f"{self.steps_taken} / {self.num_steps}{done}"
+
+    # ---- viewer controls (callbacks run under the trainer's lock) -------------------------------------------
+
+    def restart_sampling(self) -> None:
+        """Start over from the initial noise of the seed, with the current prompt and guidance scale."""
+        if self._sampler is None:
+            return
+        self._state = self._sampler.init(self._generator())
+        self._result = None
+        self._exported = None
+        self._show()
+
+    def _on_prompt(self, element: ViewerText) -> None:
+        self._apply_settings(prompt=element.value)
+
+    def _on_guidance_scale(self, element: ViewerNumber) -> None:
+        self._apply_settings(guidance_scale=float(element.value))
+
+    def _apply_settings(self, prompt: str | None = None, guidance_scale: float | None = None) -> None:
+        """Change the prompt or guidance scale of the coming steps (already-taken steps are kept)."""
+        restyle = self._restyle
+        if prompt is not None:
+            restyle = replace(restyle, prompt=prompt)
+        if guidance_scale is not None:
+            restyle = replace(restyle, sd=replace(restyle.sd, guidance_scale=guidance_scale))
+        if restyle == self._restyle:
+            return
+        try:
+            self._use_settings(restyle)
+        except InputError as error:
+            CONSOLE.print(f"[bold red]sync-splat: error:[/bold red] {error}", soft_wrap=True)
+
+    def _use_settings(self, restyle: RestyleConfig) -> None:
+        if self._denoiser is not None and self._sampler is not None and self._bridge is not None:
+            if restyle.denoiser == "sd":
+                # The text encoder runs per step, so the weights stay loaded: only the settings change.
+                denoiser = self._denoiser
+                denoiser.config = replace(  # type: ignore[attr-defined]
+                    denoiser.config,
+                    prompt=restyle.prompt,
+                    guidance_scale=restyle.sd.guidance_scale,  # type: ignore[attr-defined]
+                )
+            else:  # the prior's prompt picks a texture preset: a new (cheap) prior with the same codec
+                denoiser = restyle.build_denoiser()
+            self._denoiser = denoiser
+            self._sampler = SyncSampler(denoiser, self._bridge, restyle.sync_config())
+        self._restyle = restyle
+
+    # ---- trainer hooks --------------------------------------------------------------------------------------
+
+    def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> list[TrainingCallback]:
+        """Size the run to the remaining steps, export as soon as sampling completes, and stop the trainer."""
+        trainer = attributes.trainer
+        if trainer is not None:
+            self._run_dir = Path(trainer.base_dir)
+            if trainer.config.max_num_iterations is None:
+                trainer.config.max_num_iterations = max(1, self.num_steps - self.steps_taken)
+
+        def after_iteration(step: int) -> None:
+            if self.complete and self._exported is None:
+                self.export_restyled()
+                if trainer is not None:
+                    trainer.stop_training = True
+
+        def after_train(step: int) -> None:
+            if self.complete and self._exported is None:
+                self.export_restyled()
+            elif not self.complete:
+                CONSOLE.print(
+                    f"sync-splat: stopped after {self.steps_taken} of {self.num_steps} denoising steps; resume with "
+                    "--load-dir <this run>/nerfstudio_models"
+                )
+            # Nothing takes steps any more (the viewer may stay open): a restart or a new prompt would do nothing.
+            for element in (self.prompt, self.guidance_scale, self.restart):
+                element.disabled = True
+                if element.gui_handle is not None:
+                    element.set_disabled(True)
+
+        return [
+            *super().get_training_callbacks(attributes),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_iteration),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN], after_train),
+        ]
+
+    def export_restyled(self) -> Path:
+        """Write `restyled.ply` into the run folder atomically (standard 3DGS PLY, the geometry bit for bit)."""
+        if self._result is None or self._bridge is None or self._run_dir is None:
+            raise RuntimeError("export_restyled needs a complete sampling and the trainer's run folder")
+        self._exported = self._bridge.export(self._result, self._run_dir / RESTYLED_PLY)
+        CONSOLE.print(f"sync-splat: wrote {self._exported}")
+        return self._exported
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The sampler state, the final answer and the live settings (tensors and plain values only, so the
+        checkpoint loads with `torch.load(weights_only=True)`)."""
+        return {
+            "settings": self._sampling_settings(),
+            "sampler_state": None if self._state is None else self._state.to_dict(),
+            "result": self._result,
+            "prompt": self._restyle.prompt,
+            "guidance_scale": self._restyle.sd.guidance_scale,
+        }
+
+    def _sampling_settings(self) -> dict[str, Any]:
+        """The settings, by flag, that a checkpoint's sampler state was made with (a resumed run must keep them;
+        the prompt and guidance scale are live settings, restored from the checkpoint)."""
+        restyle = self._restyle
+        return {
+            "--pipeline.denoiser": restyle.denoiser,
+            "--pipeline.steps": self.num_steps,
+            "--pipeline.case": restyle.case,
+            "--pipeline.sync-until": restyle.sync_until,
+            "--pipeline.method": restyle.method,
+            "--pipeline.seed": restyle.seed,
+            "--pipeline.views": restyle.views,
+            "--pipeline.cameras": "orbit" if self._views_from_orbit else "dataset",
+            "--pipeline.resolution": self.config.resolution,
+            "--pipeline.fit.canonical": restyle.fit.canonical,
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        saved, current = state["settings"], self._sampling_settings()
+        if saved != current:
+            changed = ", ".join(f"{name} {saved.get(name)}" for name in current if saved.get(name) != current[name])
+            raise InputError(f"this checkpoint was sampled with {changed}: resume with the same settings")
+        restyle = replace(
+            self._restyle, prompt=state["prompt"],
+            sd=replace(self._restyle.sd, guidance_scale=state["guidance_scale"]),
+        )  # fmt: skip
+        if restyle != self._restyle:
+            if self._denoiser is not None:
+                CONSOLE.print(
+                    f"sync-splat: resuming with the checkpoint's prompt {restyle.prompt!r} and guidance scale "
+                    f"{restyle.sd.guidance_scale} (the viewer's settings when it was saved)"
+                )
+            self._use_settings(restyle)
+        self.prompt.value = restyle.prompt
+        self.guidance_scale.value = restyle.sd.guidance_scale
+        if state["sampler_state"] is not None:
+            values = dict(state["sampler_state"])
+            device = self.device
+            for name, value in values.items():
+                if isinstance(value, Tensor) and name != "rng_state":
+                    values[name] = value.to(device)
+            self._state = SamplerState.from_dict(values)
+        result = state["result"]
+        self._result = None if result is None else result.to(self.device)
+        self.step_counter.value = self._progress()
+
+    def load_pipeline(self, loaded_state: dict[str, Any], step: int) -> None:
+        """Load a checkpoint: the model's colours and this pipeline's extra state (nothing else is saved)."""
+        with _one_line_errors():
+            super().load_pipeline(loaded_state, step)
+            if not torch.equal(self.model.means, self._source.means.to(self.model.means)):
+                raise InputError(
+                    f"this checkpoint restyles another scene than {self.config.source}: resume with the "
+                    "--pipeline.source it was sampled from"
+                )
+        self.model.step = step
+
+
+def _oriented_for(cameras: Cameras, scene: GaussianScene, fit: SplatBridgeConfig) -> SplatBridgeConfig:
+    """The fit settings with the view-suffix frame of a capture: `up` is the cameras' mean up direction (as
+    nerfstudio's "up" orientation estimates it), `front` the side of the scene the first view looks from. The
+    defaults (y up, z front) describe orbit rigs; settings a user changed are kept."""
+    defaults = SplatBridgeConfig()
+    if (fit.up, fit.front) != (defaults.up, defaults.front):
+        return fit
+    c2w = cameras.c2w.double().cpu()
+    up = -c2w[:, :3, 1].mean(dim=0)  # OpenCV y points down in the image
+    if up.norm() < 1e-6:
+        return fit
+    up = up / up.norm()
+    centre, _ = scene.bounding_sphere(trim=0.01)
+    front = c2w[0, :3, 3] - centre.double().cpu()
+    front = front - (front @ up) * up
+    if front.norm() < 1e-6:
+        return fit
+    front = front / front.norm()
+    return replace(fit, up=tuple(up.tolist()), front=tuple(front.tolist()))
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """A user's mistake (`InputError`) ends ns-train with one line and status 2, not a traceback (DESIGN.md §8)."""
+    try:
+        yield
+    except InputError as error:
+        CONSOLE.print(f"[bold red]sync-splat: error:[/bold red] {error}", soft_wrap=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,178 @@
+"""`ns-train sync-splat` end to end on the CPU: a splatfacto run over its dataset with tiny Stable Diffusion, a
+bare PLY with the prior, a stopped run resumed with --load-dir, and `ns-export gaussian-splat` on a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import dataset_args, tiny_sd_args, train_in_process
+
+from sync_splat.scene.gaussians import GaussianScene, ply_property_names
+
+STEPS = 3
+VIEWS = 3
+
+
+def checkpoint(run: Path) -> dict:
+    (path,) = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
+    return torch.load(path, map_location="cpu", weights_only=True)  # nothing but tensors and plain values
+
+
+def assert_restyled(ply: Path, source: Path) -> GaussianScene:
+    """`ply` is a standard 3DGS PLY with the source's geometry bit for bit and new colours."""
+    from plyfile import PlyData
+
+    vertex = PlyData.read(str(ply))["vertex"]
+    restyled, original = GaussianScene.load(ply), GaussianScene.load(source)
+    assert [p.name for p in vertex.properties] == ply_property_names(restyled.sh_degree)
+    assert vertex.count == original.num_gaussians
+    for name in ("means", "quats_wxyz", "log_scales", "opacity_logits"):
+        assert torch.equal(getattr(restyled, name), getattr(original, name)), name
+    assert torch.count_nonzero(restyled.sh[:, 1:]) == 0  # view-independent colours
+    assert (restyled.rgb01 - original.rgb01).abs().mean() > 0.02  # the colours did change
+    return restyled
+
+
+@pytest.fixture(scope="module")
+def sd_run(tmp_path_factory: pytest.TempPathFactory, scene_files: dict[str, Path], tiny_sd) -> Path:
+    """A splatfacto run (its config.yml) restyled over its dataset with tiny SD + ControlNet (the console script
+    itself runs in test_plugin_viewer.py)."""
+    return train_in_process(
+        tmp_path_factory.mktemp("sd_run"), *tiny_sd_args(tiny_sd),
+        "--pipeline.steps", str(STEPS), "--pipeline.views", str(VIEWS), *dataset_args(scene_files, "config"),
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ns_train_writes_the_restyled_ply(sd_run: Path, scene_files: dict[str, Path]) -> None:
+    assert_restyled(sd_run / "restyled.ply", scene_files["ply"])
+
+
+@pytest.mark.slow
+def test_checkpoint_holds_sampler_state_and_colours_but_no_weights(sd_run: Path) -> None:
+    state = checkpoint(sd_run)
+    keys = set(state["pipeline"])
+    assert all(key.startswith("_model.") or key == "_extra_state" for key in keys), keys
+    assert not any(part in key for key in keys for part in ("unet", "vae", "text_encoder", "controlnet"))
+    extra = state["pipeline"]["_extra_state"]
+    assert extra["sampler_state"]["step_index"] == STEPS
+    assert extra["prompt"] == "a red teapot"
+    # The model's colours (what ns-export and the viewer see) are the restyled PLY's.
+    restyled = GaussianScene.load(sd_run / "restyled.ply")
+    colours = torch.sigmoid(state["pipeline"]["_model.gauss_params.features_dc"])  # a degree-0 model: logits
+    torch.testing.assert_close(colours, restyled.rgb01, atol=1e-5, rtol=0)
+
+
+def orbit_prior_args(files: dict[str, Path]) -> list[str]:
+    """A bare PLY (no --data: orbit views) with the exact prior; the prompt through nerfstudio's --prompt. DDPM
+    draws new noise every step, so a resumed run only matches if the checkpoint restores the random generator."""
+    return [
+        "--pipeline.source", str(files["ply"]), "--pipeline.denoiser", "prior", "--prompt", "wood",
+        "--pipeline.steps", "4", "--pipeline.views", "3", "--pipeline.seed", "7", "--pipeline.method", "ddpm",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def full_prior_run(tmp_path_factory: pytest.TempPathFactory, scene_files: dict[str, Path]) -> Path:
+    return train_in_process(tmp_path_factory.mktemp("prior"), *orbit_prior_args(scene_files), timestamp="full")
+
+
+def test_ply_without_dataset_is_restyled_on_an_orbit(full_prior_run: Path, scene_files: dict[str, Path]) -> None:
+    assert_restyled(full_prior_run / "restyled.ply", scene_files["ply"])
+    extra = checkpoint(full_prior_run)["pipeline"]["_extra_state"]
+    assert extra["prompt"] == "wood"  # nerfstudio's --prompt reached the pipeline
+    assert extra["sampler_state"]["step_index"] == 4
+
+
+def test_resumed_run_ends_as_an_uninterrupted_one(
+    tmp_path: Path, full_prior_run: Path, scene_files: dict[str, Path]
+) -> None:
+    args = orbit_prior_args(scene_files)
+    stopped = train_in_process(tmp_path, *args, "--max-num-iterations", "2", timestamp="stopped")
+    assert not (stopped / "restyled.ply").exists()
+    assert checkpoint(stopped)["pipeline"]["_extra_state"]["sampler_state"]["step_index"] == 2
+    resumed = train_in_process(tmp_path, *args, "--load-dir", str(stopped / "nerfstudio_models"), timestamp="resumed")
+    ours, theirs = GaussianScene.load(resumed / "restyled.ply"), GaussianScene.load(full_prior_run / "restyled.ply")
+    assert torch.equal(ours.sh, theirs.sh)
+    assert (resumed / "restyled.ply").read_bytes() == (full_prior_run / "restyled.ply").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        (["--pipeline.steps", "5"], "sampled with --pipeline.steps 4"),
+        (["--pipeline.views", "4"], "sampled with --pipeline.views 3"),
+        (["--pipeline.seed", "8", "--pipeline.method", "ddim"], "with --pipeline.method ddpm, --pipeline.seed 7"),
+        (["--pipeline.case", "5"], "sampled with --pipeline.case 2"),
+        (["--pipeline.source", "moved"], "another scene"),  # the same Gaussian count, moved
+        (["--pipeline.source", "fewer"], "the same --pipeline.source"),
+    ],
+    ids=["steps", "views", "method-and-seed", "case", "moved-source", "smaller-source"],
+)
+def test_resume_with_other_settings_is_one_line(
+    tmp_path: Path, full_prior_run: Path, scene_files: dict[str, Path], capsys: pytest.CaptureFixture[str],
+    changed: list[str], message: str,
+) -> None:  # fmt: skip
+    source = GaussianScene.load(scene_files["ply"])
+    others = {
+        "moved": GaussianScene(source.means + 0.01, source.quats_wxyz, source.log_scales, source.opacity_logits,
+                               source.sh),
+        "fewer": GaussianScene(source.means[1:], source.quats_wxyz[1:], source.log_scales[1:],
+                               source.opacity_logits[1:], source.sh[1:]),
+    }  # fmt: skip
+    if changed[-1] in others:
+        changed = [changed[0], str(others[changed[-1]].save(tmp_path / f"{changed[-1]}.ply"))]
+    with pytest.raises(SystemExit) as exit_info:
+        train_in_process(
+            tmp_path, *orbit_prior_args(scene_files), *changed, "--load-dir", str(full_prior_run / "nerfstudio_models")
+        )
+    assert exit_info.value.code == 2
+    out = capsys.readouterr().out
+    assert message in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pipeline.source", "missing.ply"], "missing.ply: no such file"),
+        ([], "--pipeline.source is missing"),
+        (["--pipeline.source", "SOURCE", "--pipeline.prompt", "a cat"], "a cat"),  # the prior knows no such preset
+    ],
+    ids=["missing-file", "no-source", "unknown-preset"],
+)
+def test_input_errors_are_one_line(
+    tmp_path: Path, scene_files: dict[str, Path], capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    args = [str(scene_files["ply"]) if arg == "SOURCE" else arg for arg in args]
+    with pytest.raises(SystemExit) as exit_info:
+        train_in_process(tmp_path, "--pipeline.denoiser", "prior", *args)
+    assert exit_info.value.code == 2
+    out = capsys.readouterr().out
+    assert "sync-splat: error: " in out and message in out and "Traceback" not in out
+
+
+def test_ns_export_writes_the_same_scene(full_prior_run: Path, tmp_path: Path) -> None:
+    """`ns-export gaussian-splat` accepts the run (its model is a SplatfactoModel) and exports the restyled scene.
+
+    ns-export imports open3d, which needs the system library libusb-1.0 (`make setup` installs it)."""
+    import tyro
+    from nerfstudio.scripts.exporter import Commands
+
+    argv = ["gaussian-splat", "--load-config", str(full_prior_run / "config.yml"), "--output-dir", str(tmp_path)]
+    tyro.cli(Commands, args=argv).main()  # what the ns-export console script runs
+    exported, restyled = GaussianScene.load(tmp_path / "splat.ply"), GaussianScene.load(full_prior_run / "restyled.ply")
+    for name in ("means", "quats_wxyz", "log_scales", "opacity_logits"):
+        assert torch.equal(getattr(exported, name), getattr(restyled, name)), name
+    torch.testing.assert_close(exported.rgb01, restyled.rgb01, atol=1e-5, rtol=0)  # degree 0: logit colours
+
+
+@pytest.mark.parametrize("mode", ["test", "inference"])  # ns-viewer / ns-render / ns-eval, and ns-export
+def test_a_finished_run_loads_for_viewing_without_the_denoiser(full_prior_run: Path, mode: str) -> None:
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(full_prior_run / "config.yml", test_mode=mode)
+    assert pipeline._denoiser is None and pipeline.complete
+    restyled = GaussianScene.load(full_prior_run / "restyled.ply")
+    torch.testing.assert_close(pipeline.model.to_scene().rgb01, restyled.rgb01, atol=1e-5, rtol=0)

@@ -1,0 +1,191 @@
+"""`SyncSplatPipeline` without the trainer: one step per iteration, the preview toggle, restart, live settings."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from sync_splat.restyle import RestyleConfig
+from sync_splat.scene.gaussians import GaussianScene
+
+
+def build_pipeline(source: Path, device: str = "cpu", **restyle: object):
+    from nerfstudio_plugin.pipeline import SyncSplatPipelineConfig
+
+    settings = {"denoiser": "prior", "prompt": "wood", "steps": 3, "views": 3, **restyle}
+    return SyncSplatPipelineConfig(source=source, restyle=RestyleConfig(**settings)).setup(device=device)
+
+
+@pytest.fixture
+def pipeline(scene_files: dict[str, Path]):
+    return build_pipeline(scene_files["ply"])
+
+
+def shown_colours(pipeline) -> torch.Tensor:
+    return pipeline.model.to_scene().rgb01
+
+
+@pytest.mark.parametrize("kind", ["ply", "ckpt", "config"])
+def test_pipeline_loads_the_source_itself(scene_files: dict[str, Path], kind: str) -> None:
+    """--pipeline.source is read by the pipeline (not --load-dir): the model holds its Gaussians, unchanged."""
+    pipeline = build_pipeline(scene_files[kind])
+    source = GaussianScene.load(scene_files["ply"])
+    shown = pipeline.model.to_scene()
+    for name in ("means", "quats_wxyz", "log_scales", "opacity_logits"):
+        assert torch.equal(getattr(shown, name), getattr(source, name)), name
+    torch.testing.assert_close(shown.rgb01, source.rgb01, atol=1e-4, rtol=0)  # before the first step
+    assert pipeline.get_param_groups() == {}  # the trainer's optimisers hold nothing that could go stale
+
+
+def test_cuda_without_cuda_is_one_line(
+    scene_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        build_pipeline(scene_files["ply"], device="cuda")
+    assert exit_info.value.code == 2
+    assert "--machine.device-type cuda, but torch finds no CUDA device" in capsys.readouterr().out
+
+
+def test_each_iteration_takes_one_step_and_returns_a_harmless_loss(pipeline) -> None:
+    _, losses, metrics = pipeline.get_train_loss_dict(step=0)
+    (loss,) = losses.values()
+    assert loss.requires_grad and float(loss) == 0.0
+    loss.backward()  # what the trainer does with it
+    assert pipeline.steps_taken == 1 and metrics["denoising_step"] == 1.0
+    assert pipeline.step_counter.value == "1 / 3"
+    # The viewer shows the canonical Tweedie estimate of this step.
+    preview = pipeline._bridge.restyled_scene(pipeline._state.z0_hat).rgb01
+    torch.testing.assert_close(shown_colours(pipeline), preview, atol=1e-5, rtol=0)
+    for step in (1, 2, 3):  # the last step completes; further iterations change nothing
+        pipeline.get_train_loss_dict(step=step)
+    assert pipeline.complete and pipeline.steps_taken == 3
+    assert pipeline.step_counter.value == "3 / 3 (complete)"
+
+
+def test_preview_toggle_shows_the_current_sample(pipeline) -> None:
+    pipeline.get_train_loss_dict(step=0)
+    preview = shown_colours(pipeline)
+    pipeline.show_preview.value = False
+    pipeline.show_preview.cb_hook(pipeline.show_preview)
+    current = shown_colours(pipeline)
+    assert (current - preview).abs().mean() > 1e-3  # the noisy sample, not its Tweedie estimate
+    pipeline.show_preview.value = True
+    pipeline.show_preview.cb_hook(pipeline.show_preview)
+    torch.testing.assert_close(shown_colours(pipeline), preview)
+
+
+def test_restart_starts_over_from_the_source(pipeline, scene_files: dict[str, Path]) -> None:
+    first = [pipeline.get_train_loss_dict(step=s) and shown_colours(pipeline) for s in (0, 1)]
+    pipeline.restart.cb_hook(pipeline.restart)
+    assert pipeline.steps_taken == 0 and pipeline.step_counter.value == "0 / 3"
+    torch.testing.assert_close(shown_colours(pipeline), GaussianScene.load(scene_files["ply"]).rgb01, atol=1e-5, rtol=0)
+    again = [pipeline.get_train_loss_dict(step=s) and shown_colours(pipeline) for s in (0, 1)]
+    for ours, theirs in zip(again, first, strict=True):  # the same seed gives the same steps
+        assert torch.equal(ours, theirs)
+
+
+def test_controls_are_disabled_once_the_trainer_stops(pipeline, tmp_path: Path) -> None:
+    """After the trainer's loop nothing takes steps, so restart and new settings would silently do nothing."""
+    from types import SimpleNamespace
+
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+
+    trainer = SimpleNamespace(base_dir=tmp_path, config=SimpleNamespace(max_num_iterations=None), stop_training=False)
+    attributes = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=pipeline, trainer=trainer)
+    callbacks = pipeline.get_training_callbacks(attributes)
+    assert trainer.config.max_num_iterations == 3  # one iteration per denoising step
+    for step in range(3):
+        pipeline.get_train_loss_dict(step)
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+    assert trainer.stop_training and (tmp_path / "restyled.ply").is_file()
+    assert not any(control.disabled for control in (pipeline.prompt, pipeline.restart))
+    for callback in callbacks:
+        callback.run_callback_at_location(2, TrainingCallbackLocation.AFTER_TRAIN)
+    assert all(control.disabled for control in (pipeline.prompt, pipeline.guidance_scale, pipeline.restart))
+
+
+def test_prompt_applies_to_the_coming_steps(pipeline, capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline.prompt.value = "marble"
+    pipeline.prompt.cb_hook(pipeline.prompt)
+    assert pipeline.get_extra_state()["prompt"] == "marble"
+    marble = build_pipeline(pipeline.config.source, prompt="marble")
+    for step in (0, 1):
+        pipeline.get_train_loss_dict(step=step)
+        marble.get_train_loss_dict(step=step)
+    assert torch.equal(shown_colours(pipeline), shown_colours(marble))
+    pipeline.prompt.value = "no such texture"  # the prior names presets: refused in one line, settings kept
+    pipeline.prompt.cb_hook(pipeline.prompt)
+    assert pipeline.get_extra_state()["prompt"] == "marble"
+    assert "sync-splat" in capsys.readouterr().out
+
+
+def test_a_checkpoint_resumes_with_the_viewer_settings(pipeline, scene_files: dict[str, Path]) -> None:
+    """What the viewer changed (here the prompt) is saved with the sampler state, and a resumed pipeline built
+    from the original flags continues exactly as the saved one does."""
+    pipeline.get_train_loss_dict(step=0)
+    pipeline.prompt.value = "marble"
+    pipeline.prompt.cb_hook(pipeline.prompt)
+    resumed = build_pipeline(scene_files["ply"])  # --pipeline.prompt wood, as the run was started
+    resumed.load_pipeline(pipeline.state_dict(), step=0)
+    assert resumed.prompt.value == "marble" and resumed.step_counter.value == "1 / 3"
+    for step in (1, 2):
+        pipeline.get_train_loss_dict(step=step)
+        resumed.get_train_loss_dict(step=step)
+    assert resumed.complete and torch.equal(shown_colours(resumed), shown_colours(pipeline))
+
+
+@pytest.mark.slow
+def test_guidance_scale_reaches_stable_diffusion(scene_files: dict[str, Path], tiny_sd) -> None:
+    sd = replace(RestyleConfig().sd, model=str(tiny_sd.model), controlnet=str(tiny_sd.controlnet), dtype="fp32")
+    pipeline = build_pipeline(scene_files["ply"], denoiser="sd", prompt="a red teapot", sd=sd, steps=2, views=2)
+    assert not pipeline.guidance_scale.disabled
+    pipeline.guidance_scale.value = 2.5
+    pipeline.guidance_scale.cb_hook(pipeline.guidance_scale)
+    assert pipeline._denoiser.config.guidance_scale == 2.5
+    assert pipeline.get_extra_state()["guidance_scale"] == 2.5
+    names = set(pipeline.state_dict())  # no diffusion weights in what checkpoints save
+    assert all(name.startswith("_model.") or name == "_extra_state" for name in names), names
+
+
+def test_view_suffixes_follow_the_capture_up_direction() -> None:
+    """Dataset views name 'top'/'front'/'side' views in the capture's frame (nerfstudio's is z up), not the
+    orbit rigs' y-up frame."""
+    from conftest import dataset_cameras, tiny_scene
+
+    from nerfstudio_plugin.pipeline import _oriented_for
+    from sync_splat.bridges.splat import SplatBridgeConfig
+    from sync_splat.scene.cameras import Cameras
+
+    y_to_z = torch.tensor([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])  # +y becomes +z
+    scene = tiny_scene()
+    scene = GaussianScene(scene.means @ y_to_z[:3, :3].T, scene.quats_wxyz, scene.log_scales, scene.opacity_logits,
+                          scene.sh)  # fmt: skip
+    y_up = dataset_cameras(tiny_scene())
+    cameras = Cameras(y_to_z @ y_up.c2w, y_up.Ks, y_up.width, y_up.height)
+    fit = _oriented_for(cameras, scene, SplatBridgeConfig())
+    torch.testing.assert_close(torch.tensor(fit.up), torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
+    assert abs(torch.tensor(fit.front) @ torch.tensor(fit.up)) < 1e-6
+    chosen = SplatBridgeConfig(up=(0.0, 1.0, 0.0), front=(1.0, 0.0, 0.0))
+    assert _oriented_for(cameras, scene, chosen) == chosen  # what a user set is kept
+
+
+@pytest.mark.parametrize(("case", "canonical"), [(5, "rgb"), (4, "latent")])
+def test_canonical_cases_run_and_preview(scene_files: dict[str, Path], case: int, canonical: str) -> None:
+    """The canonical-state cases (SyncMVD's 5, and 4 on latent features): steps, both previews, completion."""
+    from sync_splat.bridges.splat import SplatBridgeConfig
+
+    pipeline = build_pipeline(scene_files["ply"], case=case, fit=SplatBridgeConfig(canonical=canonical))
+    pipeline.get_train_loss_dict(step=0)
+    assert pipeline._state.z_t is not None  # the state lives in the canonical space
+    preview = shown_colours(pipeline)
+    pipeline.show_preview.value = False
+    pipeline.show_preview.cb_hook(pipeline.show_preview)
+    assert not torch.equal(shown_colours(pipeline), preview)
+    for step in (1, 2):
+        pipeline.get_train_loss_dict(step=step)
+    assert pipeline.complete

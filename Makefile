@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint clean-venv
+.PHONY: setup demo test lint clean-venv
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# The demo's folder belongs to this target, so a second `make demo` replaces it (the CLI itself never overwrites).
+demo: setup
+	rm -rf outputs/demo
+	$(BIN)/sync-splat demo --out outputs/demo $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest

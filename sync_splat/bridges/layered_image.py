@@ -56,6 +56,7 @@ from torch import Tensor
 
 from sync_splat.bridges.image_io import Decode, decode_pixels, divide_sums, expect_shape, export_side_by_side
 from sync_splat.denoisers.base import ViewConditions
+from sync_splat.functional.conjugate_gradient import conjugate_gradient
 
 MAX_ALPHA = 0.9
 """The most opaque a layer gets (a blob's centre), so some background always shows: coverage < 1."""
@@ -205,7 +206,8 @@ class LayeredImageBridge:
         return self._conjugate_gradient(num, start)
 
     def _conjugate_gradient(self, b: Float[Tensor, "K C h w"], c: Float[Tensor, "K C h w"]) -> Tensor:
-        """`self.iterations` steps of Jacobi-preconditioned conjugate gradient on `A c = b`, `A = sum_v W_v^T W_v`.
+        """`self.iterations` steps of Jacobi-preconditioned conjugate gradient on `A c = b`, `A = sum_v W_v^T W_v`,
+        as one solve over every layer element (one column for `conjugate_gradient`).
 
         A is symmetric positive semi-definite. Rows of A that are zero (elements no view sees) have a zero right-hand
         side and a zero preconditioner, so those elements keep their starting value.
@@ -213,21 +215,16 @@ class LayeredImageBridge:
         weights = self._weights_like(b)
         diagonal = (weights**2).sum(dim=0)
         inverse_diagonal = torch.where(diagonal > 0, 1 / diagonal.clamp_min(torch.finfo(b.dtype).tiny), 0)
-        residual = b - self._back_project(self._render(c))
-        preconditioned = inverse_diagonal * residual
-        direction = preconditioned
-        rho = (residual * preconditioned).sum()
-        for _ in range(self.iterations):
-            a_direction = self._back_project(self._render(direction))
-            curvature = (direction * a_direction).sum()
-            step = torch.where(curvature > 0, rho / curvature, 0)
-            c = c + step * direction
-            residual = residual - step * a_direction
-            preconditioned = inverse_diagonal * residual
-            rho_next = (residual * preconditioned).sum()
-            direction = preconditioned + torch.where(rho > 0, rho_next / rho, 0) * direction
-            rho = rho_next
-        return c
+
+        def apply(p: Tensor) -> Tensor:
+            return self._back_project(self._render(p.view_as(b))).reshape(-1, 1)
+
+        column = (-1, 1)
+        fit = conjugate_gradient(
+            apply, b.reshape(column), c.reshape(column), inverse_diagonal.expand_as(b).reshape(column),
+            tolerance=0.0, max_iterations=self.iterations,
+        )  # fmt: skip
+        return fit.z.view_as(b)
 
     def coverage(self) -> Float[Tensor, "N 1 h w"]:
         """`sum_k w_{v,k}`, in (0, 1): how much of each pixel the layers determine."""

@@ -26,13 +26,8 @@ import torch.nn.functional as F
 from plyfile import PlyData
 
 from sync_splat.bridges.base import Bridge
-from sync_splat.bridges.splat import (
-    GaussianSplatBridge,
-    SplatBridgeConfig,
-    SplatLeastSquares,
-    conjugate_gradient,
-    view_suffixes,
-)
+from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig, view_suffixes
+from sync_splat.bridges.splat_system import SplatLeastSquares
 from sync_splat.denoisers.base import ViewConditions
 from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.errors import InputError
@@ -374,16 +369,6 @@ def test_the_solver_cutoff_prunes_only_the_normal_equations() -> None:
     assert unpruned.solver_nnz == unpruned.nnz
     for ours, theirs in zip(fits(unpruned), fits(exact), strict=True):
         assert torch.equal(ours, theirs)
-
-
-def test_conjugate_gradient_solves_a_small_system_per_column() -> None:
-    generator = torch.Generator().manual_seed(0)
-    M = torch.randn(6, 6, generator=generator, dtype=torch.float64)
-    M = M @ M.T + 0.1 * torch.eye(6, dtype=torch.float64)
-    rhs = torch.randn(6, 2, generator=generator, dtype=torch.float64)
-    fit = conjugate_gradient(lambda p: M @ p, rhs, torch.zeros_like(rhs), 1 / M.diagonal()[:, None], 1e-12, 20)
-    torch.testing.assert_close(fit.z, torch.linalg.solve(M, rhs))
-    assert fit.iterations <= 7  # exact in at most n steps, up to rounding
 
 
 # ---- noise, coverage, conditions -------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ configurations (delta = ours - baseline).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from torch import Tensor
 
 from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
 from sync_splat.denoisers.prior import GaussianTexturePrior
-from sync_splat.errors import InputError
+from sync_splat.errors import InputError, one_line_errors
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.demo import make_demo_scene
 from sync_splat.scene.gaussians import GaussianScene
@@ -262,11 +261,8 @@ class BenchUnproject:
 
 def main() -> None:
     settings = tyro.cli(BenchUnproject)
-    try:
+    with one_line_errors("bench_unproject"):
         settings.main()
-    except InputError as error:
-        print(f"bench_unproject: error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ there is no CUDA device or the weights can be neither found locally nor download
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,7 +24,7 @@ import tyro
 from shared_fixtures import find_fixture
 
 from sync_splat.bridges.image_io import write_image_rows
-from sync_splat.errors import InputError
+from sync_splat.errors import InputError, one_line_errors
 from sync_splat.restyle import RestyleConfig, restyle
 from sync_splat.scene.demo import make_demo_scene
 from sync_splat.scene.files import refuse_existing
@@ -138,15 +137,12 @@ def smoke(settings: GpuSmoke, device: torch.device) -> None:
 
 def main() -> None:
     settings = tyro.cli(GpuSmoke)
-    try:
+    with one_line_errors("gpu_smoke"):
         if not torch.cuda.is_available():
             raise InputError(
                 "no CUDA device found, and this smoke run needs one; on the CPU run `sync-splat demo` or the tests"
             )
         smoke(settings, torch.device("cuda"))
-    except InputError as error:
-        print(f"gpu_smoke: error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

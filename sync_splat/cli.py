@@ -6,14 +6,13 @@ Each subcommand is a dataclass whose fields are its options (their docstrings ar
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 import tyro
 
-from sync_splat.errors import InputError
+from sync_splat.errors import InputError, one_line_errors
 from sync_splat.panorama import PanoramaConfig
 from sync_splat.restyle import RestyleConfig
 from sync_splat.scene.files import refuse_existing
@@ -139,11 +138,8 @@ Commands = (
 def entrypoint(args: list[str] | None = None) -> None:
     """The `sync-splat` console script."""
     command = tyro.cli(Commands, args=args, prog="sync-splat")
-    try:
+    with one_line_errors("sync-splat"):
         command.main()
-    except InputError as error:
-        print(f"sync-splat: error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

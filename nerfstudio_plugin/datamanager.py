@@ -30,7 +30,7 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor
 
-from sync_splat.restyle import render_rgb
+from sync_splat.apps.restyle import render_rgb
 from sync_splat.scene.cameras import OPENGL_TO_OPENCV, Cameras
 from sync_splat.scene.gaussians import GaussianScene
 

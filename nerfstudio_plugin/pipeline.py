@@ -45,9 +45,9 @@ from torch import Tensor
 
 from nerfstudio_plugin.datamanager import SyncSplatDatamanagerConfig
 from nerfstudio_plugin.model import SyncSplatModelConfig
+from sync_splat.apps.restyle import RestyleConfig, orbit_cameras
 from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
 from sync_splat.errors import InputError
-from sync_splat.restyle import RestyleConfig, orbit_cameras
 from sync_splat.sampler import SamplerState, SyncSampler
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.gaussians import GaussianScene
@@ -205,7 +205,7 @@ class SyncSplatPipeline(VanillaPipeline):
         assert self._denoiser is not None
         cameras = self._instance_cameras()
         fit = self._restyle.fit if cameras is self._orbit else _oriented_for(cameras, self._source, self._restyle.fit)
-        self._bridge = GaussianSplatBridge(self._source.to(device), cameras.to(device), self._denoiser, fit)
+        self._bridge = fit.setup(self._denoiser, self._source.to(device), cameras.to(device))
         self._sampler = SyncSampler(self._denoiser, self._bridge, self._restyle.sync_config())
 
     def _generator(self) -> torch.Generator:

@@ -21,7 +21,8 @@ import torch
 import tyro
 from shared_fixtures import find_fixture
 
-from sync_splat.bridges.mesh import MeshBridgeConfig, MeshTextureBridge
+from sync_splat.bridges.mesh import MeshBridgeConfig
+from sync_splat.codec import PixelCodec
 from sync_splat.render.mesh import Backend
 from sync_splat.scene.mesh import MeshAsset
 
@@ -68,7 +69,9 @@ class BenchMesh:
             view_size=self.view_size, texture_size=self.texture_size, backend=self.backend, device=self.device
         )
         start = time.perf_counter()
-        bridge = MeshTextureBridge(mesh, config, channels=self.channels, downsample=self.downsample)
+        # f and g read only the codec's shape: channels, downsampling and the view size.
+        codec = PixelCodec(native_size=self.view_size, latent_channels=self.channels, downsample=self.downsample)
+        bridge = config.setup(codec, mesh)
         setup_s = time.perf_counter() - start
         device = bridge.device
         generator = torch.Generator(device=device).manual_seed(0)

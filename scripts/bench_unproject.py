@@ -46,7 +46,7 @@ import tyro
 from shared_fixtures import find_fixture
 from torch import Tensor
 
-from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
+from sync_splat.bridges.splat import SplatBridgeConfig
 from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.errors import InputError, one_line_errors
 from sync_splat.scene.cameras import Cameras
@@ -190,7 +190,7 @@ class BenchUnproject:
 
     def _run(self, name: str, scene: GaussianScene, cameras: Cameras, codec: GaussianTexturePrior) -> Comparison:
         begin = time.perf_counter()
-        bridge = GaussianSplatBridge(scene, cameras, codec, SplatBridgeConfig(unproject_background="default"))
+        bridge = SplatBridgeConfig(unproject_background="default").setup(codec, scene, cameras)
         system = bridge.linear_system("image")
         weights = [system.view_matrix(v) for v in range(bridge.num_views)]
         transposed = [_transpose(w) for w in weights]

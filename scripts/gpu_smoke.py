@@ -23,12 +23,12 @@ import torch
 import tyro
 from shared_fixtures import find_fixture
 
-from sync_splat.bridges.image_io import write_image_rows
+from sync_splat.apps.restyle import RestyleConfig, restyle
 from sync_splat.errors import InputError, one_line_errors
-from sync_splat.restyle import RestyleConfig, restyle
 from sync_splat.scene.demo import make_demo_scene
 from sync_splat.scene.files import refuse_existing
 from sync_splat.scene.gaussians import GaussianScene
+from sync_splat.scene.images import write_image_rows
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from typing import Annotated
 
 import tyro
 
+from sync_splat.apps.paint_panorama import PanoramaConfig
+from sync_splat.apps.restyle import RestyleConfig
+from sync_splat.apps.texture_mesh import MeshTextureConfig
 from sync_splat.errors import InputError, one_line_errors
-from sync_splat.panorama import PanoramaConfig
-from sync_splat.restyle import RestyleConfig
 from sync_splat.scene.files import refuse_existing
-from sync_splat.texture import MeshTextureConfig
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,9 @@ class RestyleCommand:
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
     def main(self) -> None:
-        from sync_splat.bridges.image_io import write_image_rows
-        from sync_splat.restyle import restyle
+        from sync_splat.apps.restyle import restyle
         from sync_splat.scene.gaussians import GaussianScene
+        from sync_splat.scene.images import write_image_rows
 
         if self.out.suffix.lower() != ".ply":
             raise InputError(f"--out {self.out}: the restyled scene is written as a .ply file")
@@ -54,9 +54,9 @@ class DemoCommand:
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
     def main(self) -> None:
-        from sync_splat.bridges.image_io import write_image_rows
-        from sync_splat.restyle import restyle, write_turntable
+        from sync_splat.apps.restyle import restyle, write_turntable
         from sync_splat.scene.demo import make_demo_scene
+        from sync_splat.scene.images import write_image_rows
 
         refuse_existing(self.out)
         result = restyle(make_demo_scene(), self.restyle)
@@ -79,7 +79,7 @@ class MeshCommand:
     texture: Annotated[MeshTextureConfig, tyro.conf.arg(name="")] = field(default_factory=MeshTextureConfig)
 
     def main(self) -> None:
-        from sync_splat.texture import texture_mesh
+        from sync_splat.apps.texture_mesh import texture_mesh
 
         result = texture_mesh(self.texture, self.mesh, self.out)
         print("wrote " + ", ".join(str(path) for path in result.paths))
@@ -99,7 +99,7 @@ class PanoramaCommand:
     panorama: Annotated[PanoramaConfig, tyro.conf.arg(name="")] = field(default_factory=PanoramaConfig)
 
     def main(self) -> None:
-        from sync_splat.panorama import paint_panorama
+        from sync_splat.apps.paint_panorama import paint_panorama
 
         result = paint_panorama(self.panorama, self.depth, self.out, cube_faces=self.cube_faces)
         print("wrote " + ", ".join(str(path) for path in result.paths))
@@ -120,7 +120,7 @@ class CaseStudyCommand:
     """Side of each view, in pixels."""
 
     def main(self) -> None:
-        from sync_splat.case_study import CaseStudy
+        from sync_splat.studies.case_study import CaseStudy
 
         refuse_existing(self.out)
         CaseStudy(seeds=self.seeds, num_steps=self.num_steps, size=self.size).run(self.out)

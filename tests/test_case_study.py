@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import torch
 
-from sync_splat.case_study import PROJECTIONS, CaseStudy, band_powers
 from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.sampler import SyncConfig
+from sync_splat.studies.case_study import PROJECTIONS, CaseStudy, band_powers
 
 
 def test_band_powers_of_prior_samples_are_one() -> None:

@@ -9,8 +9,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from sync_splat.apps.paint_panorama import PRIOR_HEIGHT, PanoramaConfig, paint_panorama
 from sync_splat.errors import InputError
-from sync_splat.panorama import PRIOR_HEIGHT, PanoramaConfig, paint_panorama
 
 QUICK = PanoramaConfig(prompt="clouds", steps=8, height=16)
 

@@ -13,7 +13,8 @@ import torch
 from diffusers import DDIMScheduler
 
 from sync_splat.bridges.base import Bridge
-from sync_splat.denoisers.base import Denoiser, ViewConditions
+from sync_splat.conditions import ViewConditions
+from sync_splat.denoisers.base import Denoiser
 from sync_splat.errors import InputError
 from sync_splat.functional.diffusion import NoiseSchedule
 from sync_splat.sampler import PAPER_CASES, SamplerState, SyncConfig, SyncSampler

@@ -11,9 +11,9 @@ import pytest
 import torch
 import trimesh
 
+from sync_splat.apps.texture_mesh import OUTPUT_NAMES, MeshTextureConfig, texture_mesh
 from sync_splat.bridges.mesh import MeshBridgeConfig
 from sync_splat.errors import InputError
-from sync_splat.texture import OUTPUT_NAMES, MeshTextureConfig, texture_mesh
 
 SMALL = MeshBridgeConfig(view_size=32, texture_size=64, rgb_texture_size=64, device="cpu")
 
@@ -105,4 +105,4 @@ def test_texture_mesh_runs_stable_diffusion_with_controlnet_depth(box_obj: Path,
         result = texture_mesh(config, box_obj, tmp_path / "out", show_progress=False)
     assert result.texture.shape == (3, 64, 64) and result.views.shape == (10, 3, 64, 64)
     assert all(p.is_file() for p in result.paths)
-    assert {"a wooden box, front view.", "a wooden box, side view.", "a wooden box, back view."} <= set(prompts)
+    assert {"a wooden box, front view", "a wooden box, side view", "a wooden box, back view"} <= set(prompts)

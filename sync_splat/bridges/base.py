@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sync_splat.denoisers.base import ViewConditions
+from sync_splat.conditions import ViewConditions
 
 
 @runtime_checkable

@@ -50,16 +50,16 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int64
+from jaxtyping import Float
 from torch import Tensor
 
-from sync_splat.bridges.image_io import Decode, decode_pixels, divide_sums, expect_shape
-from sync_splat.denoisers.base import Denoiser, ViewConditions
+from sync_splat.bridges.mesh_views import TexelGeometry, TextureBake, mesh_rig
+from sync_splat.bridges.plumbing import MESH_VIEW_SUFFIXES, DeviceCache, ViewSuffixes, expect_shape, resolve_device
+from sync_splat.codec import Codec
+from sync_splat.conditions import ViewConditions
 from sync_splat.errors import InputError
 from sync_splat.functional.depth import depth_control_image
-from sync_splat.functional.fill import nearest_valid_index
-from sync_splat.render.mesh import Backend, MeshRaster, rasterize_mesh, rasterize_uv
-from sync_splat.scene.cameras import Cameras
+from sync_splat.render.mesh import Backend, MeshRaster, rasterize_mesh
 from sync_splat.scene.mesh import MeshAsset
 
 
@@ -104,216 +104,39 @@ class MeshBridgeConfig:
     """Rasteriser: nvdiffrast on CUDA when installed ("auto"), or the pure-torch one ("torch")."""
     device: str = "auto"
     """Device of the geometry precomputation; "auto" takes CUDA when available. Tensors move to the inputs' device."""
+    suffixes: ViewSuffixes = MESH_VIEW_SUFFIXES
+    """The angles that make a view a front, side, back, top or bottom view (the official mesh thresholds)."""
+
+    def __post_init__(self) -> None:
+        name = "MeshBridgeConfig"
+        sizes = {"view_size": self.view_size, "texture_size": self.texture_size,
+                 "rgb_texture_size": self.rgb_texture_size}  # fmt: skip
+        for field_name, value in sizes.items():
+            if value is not None and value < 1:
+                raise InputError(f"{name}.{field_name} must be at least 1 (or None for the default), got {value}")
+        if self.azimuths < 0:
+            raise InputError(f"{name}.azimuths must be non-negative, got {self.azimuths}")
+        if not self.view_angles():
+            raise InputError(f"{name}: no views (azimuths is 0 and upper_azimuths_deg is empty)")
+        if not 0.0 < self.fov_deg < 180.0:
+            raise InputError(f"{name}.fov_deg must be in (0, 180), got {self.fov_deg}")
+        if not self.camera_distance > 1.0:
+            raise InputError(f"{name}.camera_distance must exceed 1 (the mesh's radius), got {self.camera_distance}")
+        if not (math.isfinite(self.cos_power) and math.isfinite(self.bake_cos_power)):
+            raise InputError(f"{name}: cos_power and bake_cos_power must be finite")
+        if self.texture_filter not in ("bilinear", "nearest"):
+            raise InputError(f"{name}.texture_filter must be 'bilinear' or 'nearest', got {self.texture_filter!r}")
+        if not self.visibility_tolerance >= 0.0:
+            raise InputError(f"{name}.visibility_tolerance must be non-negative, got {self.visibility_tolerance}")
+
+    def setup(self, codec: Codec, mesh: MeshAsset) -> MeshTextureBridge:
+        """The bridge for `mesh` in `codec`'s space (a denoiser is a codec)."""
+        return MeshTextureBridge(codec, mesh, self)
 
     def view_angles(self) -> list[tuple[float, float]]:
         """(elevation, azimuth) in degrees of every view: the ring first, then the upper views."""
         ring = [(self.elevation_deg, 360.0 * k / self.azimuths) for k in range(self.azimuths)]
         return ring + [(self.upper_elevation_deg, azimuth) for azimuth in self.upper_azimuths_deg]
-
-
-def mesh_rig(config: MeshBridgeConfig, size: int) -> Cameras:
-    """The bridge's cameras at `size x size` pixels around the unit sphere (world y up, azimuth 0 on +z)."""
-    angles = config.view_angles()
-    if not angles:
-        raise InputError("MeshBridgeConfig: no views (azimuths is 0 and upper_azimuths_deg is empty)")
-    half_fov = math.radians(config.fov_deg) / 2
-    if config.camera_distance <= 1.0:
-        raise InputError(
-            f"MeshBridgeConfig.camera_distance must exceed 1 (the mesh's radius), got {config.camera_distance}"
-        )
-    # orbit_rig places a camera at radius / sin(fov / 2) from the centre.
-    radius = config.camera_distance * math.sin(half_fov)
-    c2w = []
-    for elevation, azimuth in angles:
-        base = Cameras.orbit_rig(
-            (0.0, 0.0, 0.0), radius, num_azimuths=1, elevations_deg=(elevation,), top_views=0,
-            fov_deg=config.fov_deg, size=(size, size),
-        )  # fmt: skip
-        c, s = math.cos(math.radians(azimuth)), math.sin(math.radians(azimuth))
-        turn = torch.tensor([[c, 0.0, s, 0.0], [0.0, 1.0, 0.0, 0.0], [-s, 0.0, c, 0.0], [0.0, 0.0, 0.0, 1.0]])
-        c2w.append(turn @ base.c2w[0])
-        Ks = base.Ks[0]
-    return Cameras(torch.stack(c2w), Ks.expand(len(c2w), 3, 3).clone(), size, size)
-
-
-def view_suffix(elevation_deg: float, azimuth_deg: float) -> str:
-    """The official view-dependent prompt suffix of a camera (SyncMVD style)."""
-    if abs(elevation_deg) > 30:
-        return ", top view." if elevation_deg > 0 else ", bottom view."
-    azimuth = (azimuth_deg + 180.0) % 360.0 - 180.0
-    if abs(azimuth) <= 30:
-        return ", front view."
-    if abs(azimuth) >= 120:
-        return ", back view."
-    return ", side view."
-
-
-@dataclass(frozen=True)
-class TexelGeometry:
-    """The surface point behind every texel that lies inside a UV chart (rasterised UV layout, once per size).
-
-    Attributes:
-        size: (Ht, Wt).
-        index: flat indices `row * Wt + col` of the chart texels, `[K]`.
-        face: the face each covers, `[K]`.
-        position: its 3D point on the (normalised) mesh, `[K, 3]`.
-    """
-
-    size: tuple[int, int]
-    index: Int64[Tensor, " K"]
-    face: Int64[Tensor, " K"]
-    position: Float[Tensor, "K 3"]
-
-    @classmethod
-    def build(cls, mesh: MeshAsset, height: int, width: int) -> TexelGeometry:
-        face_id, barycentrics = rasterize_uv(mesh.face_uvs.to(mesh.vertices.device), height, width)
-        index = (face_id.reshape(-1) >= 0).nonzero()[:, 0]
-        face = face_id.reshape(-1)[index]
-        corners = mesh.vertices[mesh.faces[face]]  # [K, 3, 3]
-        position = (barycentrics.reshape(-1, 3)[index, :, None] * corners).sum(1)
-        return cls((height, width), index, face, position)
-
-
-@dataclass(frozen=True)
-class TextureBake:
-    """A fixed linear map from N views `[N, C, h, w]` to a texture `[C, Ht, Wt]`: g for one set of views.
-
-    Pairs (texel, pixel, coefficient) are stored view after view (`view_offsets`), so the numerator is one
-    `index_add` over all views, or a sum over any split of the views. `weight_texel`/`weight` hold each view's
-    weight per texel (the denominator's terms), split by `weight_offsets`.
-
-    Attributes:
-        size: (Ht, Wt).
-        texel: flat texel index of each pair, `[P]`.
-        pixel: flat index into the views' `N * h * w` pixels of each pair, `[P]`.
-        coefficient: `w_i(texel) / (pixels the texel received in view i)`, `[P]`.
-        weight_texel: texel of each denominator term, `[Q]`.
-        weight: the view weight `w_i(texel)`, `[Q]`.
-        view_offsets: where each view's pairs start, `[N + 1]`.
-        weight_offsets: where each view's denominator terms start, `[N + 1]`.
-        nearest: for every texel, the nearest texel some view sees (itself when seen; -1 when none is), `[Ht * Wt]`.
-    """
-
-    size: tuple[int, int]
-    texel: Int64[Tensor, " P"]
-    pixel: Int64[Tensor, " P"]
-    coefficient: Float[Tensor, " P"]
-    weight_texel: Int64[Tensor, " Q"]
-    weight: Float[Tensor, " Q"]
-    view_offsets: tuple[int, ...]
-    weight_offsets: tuple[int, ...]
-    nearest: Int64[Tensor, " T"]
-
-    def to(self, device: torch.device) -> TextureBake:
-        return TextureBake(
-            self.size, self.texel.to(device), self.pixel.to(device), self.coefficient.to(device),
-            self.weight_texel.to(device), self.weight.to(device), self.view_offsets, self.weight_offsets,
-            self.nearest.to(device),
-        )  # fmt: skip
-
-    def sums(self, x: Float[Tensor, "N C h w"]) -> tuple[Float[Tensor, "C Ht Wt"], Float[Tensor, "1 Ht Wt"]]:
-        """Numerator `sum_i w_i m_i` and denominator `sum_i w_i` over all views (steps 1 to 3 of g)."""
-        channels = x.shape[1]
-        height, width = self.size
-        flat = x.transpose(0, 1).reshape(channels, -1)
-        num = x.new_zeros(channels, height * width).index_add_(
-            1, self.texel, flat[:, self.pixel] * self.coefficient.to(x.dtype)
-        )
-        den = x.new_zeros(height * width).index_add_(0, self.weight_texel, self.weight.to(x.dtype))
-        return num.reshape(channels, height, width), den.reshape(1, height, width)
-
-    def fill(self, num: Float[Tensor, "C Ht Wt"], den: Float[Tensor, "1 Ht Wt"]) -> Float[Tensor, "C Ht Wt"]:
-        """Divide, then give texels no view sees the value of the nearest seen texel (step 4 of g)."""
-        if int(self.nearest[0]) < 0:  # no texel is seen at all (the flood leaves -1 only then)
-            return divide_sums(num, den)
-        # Unseen texels (den = 0, num = 0) are replaced by the gather, so their quotient is never used.
-        mean = num / den.clamp_min(torch.finfo(num.dtype).tiny)
-        return mean.reshape(num.shape[0], -1)[:, self.nearest].reshape(num.shape)
-
-    @classmethod
-    def build(
-        cls,
-        raster: MeshRaster,
-        cameras: Cameras,
-        texels: TexelGeometry,
-        cos_power: float,
-        per_view_fill: bool,
-        visibility_tolerance: float,
-    ) -> TextureBake:
-        """Precompute the pairs and weights of g for views rasterised as `raster` by `cameras`."""
-        num_views, h, w = raster.face_id.shape
-        height, width = texels.size
-        device = raster.face_id.device
-        centres = cameras.c2w[:, :3, 3].to(device)
-        viewmats = cameras.viewmats.to(device)
-        Ks = cameras.Ks.to(device)
-        to_camera = F.normalize(centres[:, None, None] - raster.position, dim=-1)
-        cosine = (to_camera * raster.normal).sum(-1).clamp(0, 1)
-        texel_parts, pixel_parts, coefficient_parts, weight_texel_parts, weight_parts = [], [], [], [], []
-        view_offsets, weight_offsets = [0], [0]
-
-        for view in range(num_views):
-            face_id = raster.face_id[view].reshape(-1)
-            pixels = (face_id >= 0).nonzero()[:, 0]
-            uv = raster.uv[view].reshape(-1, 2)[pixels]
-            cols = (uv[:, 0] * width).floor().long().clamp(0, width - 1)
-            rows = ((1 - uv[:, 1]) * height).floor().long().clamp(0, height - 1)
-            weight = cosine[view].reshape(-1)[pixels] ** cos_power
-            seeds, inverse, counts = torch.unique(rows * width + cols, return_inverse=True, return_counts=True)
-            seed_weight = torch.zeros(seeds.shape, device=device).index_add_(0, inverse, weight) / counts
-            texel_list, pixel_list = [seeds[inverse]], [pixels + view * h * w]
-            coefficient_list = [seed_weight[inverse] / counts[inverse]]
-            weight_texel_list, weight_list = [seeds], [seed_weight]
-
-            if per_view_fill and texels.index.numel():
-                # Every chart texel the splat missed, including texels of faces smaller than a pixel (which own
-                # no pixel of their own but are seen through their neighbours' pixels).
-                is_seed = torch.zeros(height * width, dtype=torch.bool, device=device)
-                is_seed[seeds] = True
-                candidate = (~is_seed[texels.index]).nonzero()[:, 0]
-                point = texels.position[candidate] @ viewmats[view, :3, :3].T + viewmats[view, :3, 3]
-                z = point[:, 2]
-                safe_z = z.clamp_min(1e-6)
-                col = (Ks[view, 0, 0] * point[:, 0] / safe_z + Ks[view, 0, 2]).floor()
-                row = (Ks[view, 1, 1] * point[:, 1] / safe_z + Ks[view, 1, 2]).floor()
-                inside = (z > 1e-6) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-                source = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1)).long()
-                source_face = face_id[source]
-                # The pixel sees the texel's surface when it shows the same face, or a surface point within
-                # `visibility_tolerance` pixel footprints (z / focal) of the texel's point: a neighbouring face of
-                # the same surface, not a layer in front of it.
-                distance = (raster.position[view].reshape(-1, 3)[source] - texels.position[candidate]).norm(dim=-1)
-                footprint = z / Ks[view, 0, 0]
-                same_surface = (source_face == texels.face[candidate]) | (distance <= visibility_tolerance * footprint)
-                keep = inside & (source_face >= 0) & same_surface
-                gap_texel = texels.index[candidate[keep]]
-                gap_weight = cosine[view].reshape(-1)[source[keep]] ** cos_power
-                texel_list.append(gap_texel)
-                pixel_list.append(source[keep] + view * h * w)
-                coefficient_list.append(gap_weight)
-                weight_texel_list.append(gap_texel)
-                weight_list.append(gap_weight)
-
-            coefficient = torch.cat(coefficient_list)
-            useful = coefficient > 0  # grazing pixels carry no weight: drop them
-            texel_parts.append(torch.cat(texel_list)[useful])
-            pixel_parts.append(torch.cat(pixel_list)[useful])
-            coefficient_parts.append(coefficient[useful])
-            weights = torch.cat(weight_list)
-            useful_weight = weights > 0
-            weight_texel_parts.append(torch.cat(weight_texel_list)[useful_weight])
-            weight_parts.append(weights[useful_weight])
-            view_offsets.append(view_offsets[-1] + int(useful.sum()))
-            weight_offsets.append(weight_offsets[-1] + int(useful_weight.sum()))
-
-        weight_texel = torch.cat(weight_texel_parts)
-        seen = torch.zeros(height * width, dtype=torch.bool, device=device)
-        seen[weight_texel] = True
-        nearest = nearest_valid_index(seen.reshape(height, width)).reshape(-1)
-        return cls(
-            (height, width), torch.cat(texel_parts), torch.cat(pixel_parts), torch.cat(coefficient_parts).float(),
-            weight_texel, torch.cat(weight_parts).float(), tuple(view_offsets), tuple(weight_offsets), nearest,
-        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -334,64 +157,40 @@ class MeshTextureBridge:
     """A mesh's UV texture seen from N cameras (reference/synctweedies.md §4.4; module docstring for f and g).
 
     Args:
+        codec: the denoiser's codec: its channels, downsampling and native size (the default view size), and its
+            decoder for `export`.
         mesh: the mesh with its UV layout, in its own coordinates (exported as is; rendered normalised).
         config: views, sizes and weights.
-        channels: C, the denoiser's channels (4 for SD latents, 3 for pixel priors).
-        downsample: the denoiser's image-to-latent factor (8 for SD, 1 for pixel priors).
-        native_size: the denoiser's image size, used when `config.view_size` is None.
-        decode: the denoiser space to `rgb01` `[N, 3, H, W]`; used by `export`.
     """
 
     linear = True
 
-    def __init__(
-        self,
-        mesh: MeshAsset,
-        config: MeshBridgeConfig | None = None,
-        *,
-        channels: int = 3,
-        downsample: int = 1,
-        native_size: int = 64,
-        decode: Decode = decode_pixels,
-    ) -> None:
+    def __init__(self, codec: Codec, mesh: MeshAsset, config: MeshBridgeConfig | None = None) -> None:
         config = MeshBridgeConfig() if config is None else config
-        image_size = config.view_size or native_size
+        downsample = codec.downsample
+        image_size = config.view_size or codec.native_size
         if image_size % downsample:
             raise InputError(
                 f"MeshBridgeConfig.view_size {image_size} must be a multiple of the denoiser's downsampling "
                 f"factor {downsample}"
             )
         texture_size = config.texture_size or 2 * image_size
-        rgb_texture_size = config.rgb_texture_size or 2 ** int(math.log2(2 * image_size))
-        if min(channels, image_size, texture_size, rgb_texture_size) < 1:
-            raise InputError(f"MeshBridgeConfig: sizes must be positive, got view {image_size}, texture "
-                             f"{texture_size}, RGB texture {rgb_texture_size}")  # fmt: skip
         self.config = config
-        self.decode = decode
+        self.codec = codec
         self.mesh = mesh
         self.image_size = image_size
-        self.rgb_texture_size = rgb_texture_size
-        self.device = _resolve_device(config.device)
+        self.rgb_texture_size = config.rgb_texture_size or 2 ** int(math.log2(2 * image_size))
+        self.device = resolve_device(config.device)
         self.render_mesh = mesh.normalized().to(self.device)
         size = image_size // downsample
         self.angles = config.view_angles()
-        self.cameras = mesh_rig(config, size)
+        self.cameras = mesh_rig(self.angles, config.fov_deg, config.camera_distance, size)
         self.num_views = len(self.cameras)
-        self.canonical_shape = (channels, texture_size, texture_size)
-        self.instance_shape = (channels, size, size)
-        self._views = {self.device: self._render(self.cameras, texture_size, config.cos_power)}
+        self.canonical_shape = (codec.latent_channels, texture_size, texture_size)
+        self.instance_shape = (codec.latent_channels, size, size)
+        self._views = DeviceCache(self._render(self.cameras, texture_size, config.cos_power), self.device)
         self._image_views: _Views | None = None
         self._image_cameras = self.cameras.resized(image_size, image_size)
-
-    @classmethod
-    def from_denoiser(
-        cls, mesh: MeshAsset, denoiser: Denoiser, config: MeshBridgeConfig | None = None
-    ) -> MeshTextureBridge:
-        """The bridge in `denoiser`'s space: its channels, downsampling, native size and decoder."""
-        return cls(
-            mesh, config, channels=denoiser.latent_channels, downsample=denoiser.downsample,
-            native_size=denoiser.native_size, decode=denoiser.decode,
-        )  # fmt: skip
 
     # ---- geometry, built once ---------------------------------------------------------------------------------
 
@@ -412,11 +211,6 @@ class MeshTextureBridge:
         coverage = raster.mask[:, None].float()
         return _Views(raster, grid, coverage, bake)
 
-    def _on(self, device: torch.device) -> _Views:
-        if device not in self._views:
-            self._views[device] = self._views[self.device].to(device)
-        return self._views[device]
-
     def _image(self) -> _Views:
         """The views at image resolution (depth for ControlNet, the RGB bake), built on first use."""
         if self._image_views is None:
@@ -430,7 +224,7 @@ class MeshTextureBridge:
     ) -> Float[Tensor, "N C h w"]:
         """f: the texture looked up at every mesh pixel's UV, composited over `background` (zero when None)."""
         expect_shape("z", z, self.canonical_shape)
-        return self._lookup(z, self._on(z.device), background)
+        return self._lookup(z, self._views.on(z.device), background)
 
     def _lookup(self, z: Tensor, views: _Views, background: Tensor | None) -> Tensor:
         num_views, _, h, w = views.coverage.shape
@@ -449,17 +243,17 @@ class MeshTextureBridge:
     def unproject_sums(self, x: Float[Tensor, "N C h w"]) -> tuple[Float[Tensor, "C Ht Wt"], Float[Tensor, "1 Ht Wt"]]:
         """Per-view sums of g: `sum_i w_i m_i` and `sum_i w_i` (splat, per-view fill, cos^p weights)."""
         expect_shape("x", x, (self.num_views, *self.instance_shape))
-        return self._on(x.device).bake.sums(x)
+        return self._views.on(x.device).bake.sums(x)
 
     def unproject(self, x: Float[Tensor, "N C h w"], previous: Tensor | None = None) -> Float[Tensor, "C Ht Wt"]:
         """g: the weighted average of the views per texel; texels no view sees take the nearest seen texel's value
         (so `previous` is never needed)."""
         num, den = self.unproject_sums(x)
-        return self._on(x.device).bake.fill(num, den)
+        return self._views.on(x.device).bake.fill(num, den)
 
     def coverage(self) -> Float[Tensor, "N 1 h w"]:
-        """1 on mesh pixels, 0 on background."""
-        return self._views[self.device].coverage.cpu().clone()
+        """1 on mesh pixels, 0 on background, on the bridge's device."""
+        return self._views.on().coverage.clone()
 
     def initial_noise(self, generator: torch.Generator) -> tuple[Float[Tensor, "C Ht Wt"], Float[Tensor, "N C h w"]]:
         """`z_T ~ N(0, I)`; `x_T = f(z_T) + sqrt(1 - s) e` on mesh pixels, with `s` the sum of the lookup's squared
@@ -467,7 +261,7 @@ class MeshTextureBridge:
         device = generator.device
         z_T = torch.randn(self.canonical_shape, generator=generator, device=device)
         independent = torch.randn((self.num_views, *self.instance_shape), generator=generator, device=device)
-        views = self._on(z_T.device)
+        views = self._views.on(z_T.device)
         completion = (1 - self._squared_weights(views)).clamp_min(0).sqrt()
         return z_T, self._lookup(z_T, views, None) + completion * independent
 
@@ -491,14 +285,14 @@ class MeshTextureBridge:
         """View-dependent prompt suffixes and normalised inverse depth at the views' image resolution."""
         raster = self._image().raster
         depth = depth_control_image(raster.depth[:, None], raster.mask[:, None], per_view=True)
-        suffixes = tuple(view_suffix(elevation, azimuth) for elevation, azimuth in self.angles)
-        return ViewConditions(prompt_suffixes=suffixes, depth=depth.cpu())
+        suffixes = tuple(self.config.suffixes.label(elevation, azimuth) for elevation, azimuth in self.angles)
+        return ViewConditions(prompt_suffixes=suffixes, depth=depth)
 
     def export(self, z: Float[Tensor, "C Ht Wt"], path: Path) -> Path:
         """Decode the views of z, bake the RGB texture with `bake_cos_power` and write the mesh (.obj + .mtl +
         .png, or .glb); returns `path`."""
         expect_shape("z", z, self.canonical_shape)
-        rgb01 = self.decode(self.project(z))
+        rgb01 = self.codec.decode(self.project(z))
         self.write(self.bake_rgb(rgb01), path)
         return Path(path)
 
@@ -520,9 +314,3 @@ class MeshTextureBridge:
     def write(self, texture_rgb01: Float[Tensor, "3 Hr Wr"], path: str | Path) -> tuple[Path, ...]:
         """Save the mesh (its own coordinates) with this texture: .obj (+ .mtl + .png) or .glb, atomically."""
         return self.mesh.save(path, texture_rgb01)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

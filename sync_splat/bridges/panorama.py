@@ -54,8 +54,9 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sync_splat.bridges.image_io import Decode, decode_pixels, divide_sums, expect_shape, write_png
-from sync_splat.denoisers.base import Denoiser, ViewConditions
+from sync_splat.bridges.plumbing import DeviceCache, divide_sums, expect_shape, resolve_device
+from sync_splat.codec import Codec
+from sync_splat.conditions import ViewConditions
 from sync_splat.errors import InputError
 from sync_splat.functional.depth import depth_control_image
 from sync_splat.functional.equirect import (
@@ -73,7 +74,8 @@ from sync_splat.functional.equirect import (
     sample_views,
     view_axes,
 )
-from sync_splat.functional.fill import nearest_valid_index
+from sync_splat.functional.fill import fill_nearest, nearest_valid_index, take_nearest
+from sync_splat.scene.images import write_png
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class PanoramaBridgeConfig:
     pixel-space denoisers and 'views' for latent ones."""
     seam_padding: int = 8
     """Wrapped columns added at each side of the seam before decoding the whole panorama (then cropped)."""
+    device: str = "auto"
+    """Device of the geometry precomputation; "auto" takes CUDA when available. Tensors move to the inputs' device."""
 
     def __post_init__(self) -> None:
         name = "PanoramaBridgeConfig"
@@ -156,16 +160,9 @@ class PanoramaBridgeConfig:
             height = max(2, round(180.0 * view_size / self.fov_deg))  # texels subtend the views' mean pixel angle
         return height, view_size
 
-    def setup(self, denoiser: Denoiser, depth: Float[Tensor, "Hd Wd"] | None = None) -> PanoramaBridge:
-        """The bridge for this denoiser's space (channels, native size, codec) and an optional 360-degree depth map."""
-        return PanoramaBridge(
-            self,
-            channels=denoiser.latent_channels,
-            native_view_size=max(1, denoiser.native_size // denoiser.downsample),
-            downsample=denoiser.downsample,
-            decode=denoiser.decode,
-            depth=depth,
-        )
+    def setup(self, codec: Codec, depth: Float[Tensor, "Hd Wd"] | None = None) -> PanoramaBridge:
+        """The bridge in `codec`'s space (a denoiser is a codec), with an optional 360-degree depth map."""
+        return PanoramaBridge(codec, self, depth)
 
 
 @dataclass(frozen=True)
@@ -200,12 +197,10 @@ class PanoramaBridge:
     """An equirectangular panorama seen through perspective views; implements `Bridge`.
 
     Args:
+        codec: the denoiser's codec: its channels, its native size over its downsampling (the view side when the
+            config leaves both sizes open), its downsampling (depth conditions are made at the image size) and its
+            decoder for the exports.
         config: views, resolution and aggregation settings.
-        channels: C, the denoiser's channels (4 for SD latents, 3 for pixel priors).
-        native_view_size: the view side used when the config leaves both sizes open (the denoiser's native size
-            divided by its downsampling).
-        downsample: image pixels per denoiser pixel (8 for SD); depth conditions are made at the image size.
-        decode: the denoiser space to `rgb01` `[N, 3, H, W]`; used by the exports.
         depth: an optional 360-degree depth map `[Hd, Wd]` (even width, metric distance per direction) for
             ControlNet depth conditioning.
     """
@@ -213,30 +208,25 @@ class PanoramaBridge:
     linear = True
 
     def __init__(
-        self,
-        config: PanoramaBridgeConfig,
-        channels: int,
-        native_view_size: int,
-        downsample: int = 1,
-        decode: Decode = decode_pixels,
-        depth: Float[Tensor, "Hd Wd"] | None = None,
+        self, codec: Codec, config: PanoramaBridgeConfig | None = None, depth: Float[Tensor, "Hd Wd"] | None = None
     ) -> None:
-        if channels < 1 or downsample < 1:
-            raise ValueError(f"need channels >= 1 and downsample >= 1, got {channels}, {downsample}")
+        config = PanoramaBridgeConfig() if config is None else config
         if depth is not None and (depth.ndim != 2 or depth.shape[1] % 2):
             raise ValueError(f"depth must be a 2D equirectangular map with an even width, got {tuple(depth.shape)}")
         self.config = config
-        self.downsample = downsample
-        self.decode = decode
+        self.codec = codec
+        self.downsample = codec.downsample
         self.depth = None if depth is None else depth.detach().float().cpu()
-        height, view_size = config.resolution(native_view_size)
+        channels = codec.latent_channels
+        height, view_size = config.resolution(max(1, codec.native_size // codec.downsample))
         self.view_orientations = config.view_orientations()
         self.num_views = len(self.view_orientations)
         self.canonical_shape = (channels, height, 2 * height)
         self.instance_shape = (channels, view_size, view_size)
         yaw_pitch = torch.tensor(self.view_orientations, dtype=torch.float64).deg2rad()
         self.axes: Float[Tensor, "N 3 3"] = view_axes(yaw_pitch[:, 0], yaw_pitch[:, 1])
-        self._geometry = {torch.device("cpu"): self._build_geometry()}
+        self.device = resolve_device(config.device)
+        self._geometry = DeviceCache(self._build_geometry(), torch.device("cpu"))
 
     # ------------------------------------------------------------------ geometry
 
@@ -268,11 +258,7 @@ class PanoramaBridge:
             targets.append(seen.expand_as(pixel_index).reshape(-1))
             weights.append((pixel_weight * texel_weight[seen]).reshape(-1))
             weight_sum += texel_weight
-        covered = weight_sum > 0
-        if bool(covered.all()):
-            fill_index = torch.arange(height * width)
-        else:
-            fill_index = nearest_valid_index(covered.reshape(height, width), wrap_x=True).reshape(-1)
+        fill_index = nearest_valid_index(weight_sum.reshape(height, width) > 0, wrap_x=True).reshape(-1)
         return _Geometry(
             rays=rays,
             tap_index=tap_index,
@@ -284,32 +270,27 @@ class PanoramaBridge:
             fill_index=fill_index,
         )
 
-    def _on(self, device: torch.device) -> _Geometry:
-        if device not in self._geometry:
-            self._geometry[device] = self._geometry[torch.device("cpu")].to(device)
-        return self._geometry[device]
-
     def texel_coverage(self) -> Bool[Tensor, "Ht Wt"]:
         """Which texels some view sees (before any filling)."""
-        return self._on(torch.device("cpu")).weight_sum[0] > 0
+        return self._geometry.on().weight_sum[0] > 0
 
     def view_rays(self) -> Float[Tensor, "N h w 3"]:
         """Unit world directions through every view pixel (docs/conventions.md panorama frame)."""
-        return self._on(torch.device("cpu")).rays.clone()
+        return self._geometry.on().rays.clone()
 
     # ------------------------------------------------------------------ f and g
 
     def project(self, z: Float[Tensor, "C Ht Wt"], background: Tensor | None = None) -> Float[Tensor, "N C h w"]:
         """Every view's samples of z along its rays; `background` is ignored because every view pixel is covered."""
         expect_shape("z", z, self.canonical_shape)
-        geometry = self._on(z.device)
+        geometry = self._geometry.on(z.device)
         return gather_taps(z, geometry.tap_index, geometry.tap_weight).transpose(0, 1).contiguous()
 
     def unproject_sums(self, x: Float[Tensor, "N C h w"]) -> tuple[Float[Tensor, "C Ht Wt"], Float[Tensor, "1 Ht Wt"]]:
         """Per-view sums: every view inverse-warped into the panorama times its weights (numerator), and the weights
         (denominator)."""
         expect_shape("x", x, (self.num_views, *self.instance_shape))
-        geometry = self._on(x.device)
+        geometry = self._geometry.on(x.device)
         channels, height, width = self.canonical_shape
         values = x.transpose(0, 1).reshape(channels, -1).index_select(1, geometry.source)
         num = x.new_zeros((channels, height * width)).index_add_(1, geometry.target, values * geometry.weight.to(x))
@@ -321,16 +302,13 @@ class PanoramaBridge:
         num, den = self.unproject_sums(x)
         if not self.config.fill_uncovered:
             return divide_sums(num, den, previous)
-        z = divide_sums(num, den)
-        index = self._on(x.device).fill_index
-        if bool((index < 0).any()):
-            return z
-        return z.reshape(z.shape[0], -1).index_select(1, index).reshape(z.shape)
+        return take_nearest(divide_sums(num, den), self._geometry.on(x.device).fill_index)
 
     def coverage(self) -> Float[Tensor, "N 1 h w"]:
-        """All ones: every view ray hits the sphere, so the panorama determines every view pixel."""
+        """All ones, on the bridge's device: every view ray hits the sphere, so the panorama determines every view
+        pixel."""
         size = self.instance_shape[-1]
-        return torch.ones(self.num_views, 1, size, size)
+        return torch.ones(self.num_views, 1, size, size, device=self.device)
 
     def initial_noise(self, generator: torch.Generator) -> tuple[Float[Tensor, "C Ht Wt"], Float[Tensor, "N C h w"]]:
         """Unit-variance, view-consistent noise: fine white noise, sampled nearest by the views (`x_T`) and summed
@@ -339,7 +317,7 @@ class PanoramaBridge:
         k = self.config.noise_oversample
         fine = torch.randn((channels, k * height, k * width), generator=generator, device=generator.device)
         z_T = fine.reshape(channels, height, k, width, k).sum(dim=(2, 4)) / k
-        x_T = sample_equirect(fine, self._on(fine.device).rays, "nearest").transpose(0, 1).contiguous()
+        x_T = sample_equirect(fine, self._geometry.on(fine.device).rays, "nearest").transpose(0, 1).contiguous()
         return z_T, x_T
 
     # ------------------------------------------------------------------ conditions
@@ -379,7 +357,7 @@ class PanoramaBridge:
         width = z.shape[-1]
         pad = min(self.config.seam_padding, width)
         padded = torch.cat((z[..., width - pad :], z, z[..., :pad]), dim=-1) if pad else z
-        rgb = self.decode(padded[None])[0]
+        rgb = self.codec.decode(padded[None])[0]
         scale = rgb.shape[-1] / padded.shape[-1]
         if scale != int(scale) or rgb.shape[-2] != z.shape[-2] * int(scale):
             raise ValueError(f"decode changed the shape {tuple(padded.shape)} to {tuple(rgb.shape)}, not by a factor")
@@ -388,7 +366,7 @@ class PanoramaBridge:
 
     def _rgb_from_views(self, z: Float[Tensor, "C Ht Wt"]) -> Float[Tensor, "3 H W"]:
         """Decode every view f(z) and average them into an RGB panorama with g's weights, at the decoded scale."""
-        rgb_views = self.decode(self.project(z))
+        rgb_views = self.codec.decode(self.project(z))
         size = rgb_views.shape[-1]
         height = self.canonical_shape[1] * size // self.instance_shape[-1]
         directions = equirect_directions(height, dtype=torch.float64, device=z.device)
@@ -399,12 +377,7 @@ class PanoramaBridge:
             weight = self._weights(projection, size).to(num.dtype)[None]
             num += sample_views(view[None], projection.pixels[None], self.config.sampling)[0] * weight
             den += weight
-        rgb = divide_sums(num, den)
-        covered = den[0] > 0
-        if not bool(covered.all()):
-            index = nearest_valid_index(covered, wrap_x=True).reshape(-1)
-            rgb = rgb.reshape(rgb.shape[0], -1)[:, index].reshape(rgb.shape)
-        return rgb
+        return fill_nearest(divide_sums(num, den), den[0] > 0, wrap_x=True)
 
     def export(self, z: Float[Tensor, "C Ht Wt"], path: Path) -> Path:
         """Decode the panorama and write it as one equirectangular PNG, atomically."""

@@ -68,6 +68,7 @@ Dimension letters (docs/conventions.md): N views, G Gaussians, C channels, H W i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -77,9 +78,10 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from sync_splat.bridges.image_io import expect_shape
-from sync_splat.bridges.splat_system import NormalMatrix, SplatLeastSquares
-from sync_splat.denoisers.base import Denoiser, ViewConditions
+from sync_splat.bridges.plumbing import ViewSuffixes, expect_shape
+from sync_splat.bridges.splat_fit import NormalMatrix, SplatLeastSquares
+from sync_splat.codec import Codec
+from sync_splat.conditions import ViewConditions
 from sync_splat.errors import InputError
 from sync_splat.functional.conjugate_gradient import LeastSquaresFit
 from sync_splat.functional.depth import depth_control_image
@@ -144,25 +146,44 @@ class SplatBridgeConfig:
     """gsplat's antialiased rasterisation (for scenes trained with it, e.g. Mip-Splatting); off for Inria scenes."""
     view_suffixes: bool = True
     """Append ', front view' / ', side view' / ', back view' / ', top view' to each view's prompt."""
+    suffixes: ViewSuffixes = ViewSuffixes()
+    """The angles that make a view a front, side, back or top view."""
     up: tuple[float, float, float] = (0.0, 1.0, 0.0)
     """The scene's up direction (world frame), for view suffixes."""
     front: tuple[float, float, float] = (0.0, 0.0, 1.0)
     """Direction from the scene centre towards front-view cameras, for view suffixes."""
-    top_elevation_deg: float = 60.0
-    """Cameras higher than this above the scene centre are top views."""
 
-    def setup(self, scene: GaussianScene, cameras: Cameras, codec: Denoiser) -> GaussianSplatBridge:
-        """The bridge this config describes."""
-        return GaussianSplatBridge(scene, cameras, codec, self)
+    def __post_init__(self) -> None:
+        if self.canonical not in ("rgb", "latent"):
+            raise InputError(f"SplatBridgeConfig.canonical must be 'rgb' or 'latent', got {self.canonical!r}")
+        if self.unproject_background not in ("own", "default"):
+            raise InputError(
+                f"SplatBridgeConfig.unproject_background must be 'own' or 'default', got {self.unproject_background!r}"
+            )
+        settings = {
+            "damping": self.damping, "tolerance": self.tolerance, "max_iterations": self.max_iterations,
+            "min_gain_db": self.min_gain_db, "export_tolerance": self.export_tolerance,
+            "export_max_iterations": self.export_max_iterations, "solver_cutoff": self.solver_cutoff,
+        }  # fmt: skip
+        bad = {name: value for name, value in settings.items() if not (math.isfinite(value) and value >= 0)}
+        if bad:
+            listing = ", ".join(f"{name}={value}" for name, value in bad.items())
+            raise InputError(f"SplatBridgeConfig: {listing}: these settings must be finite and non-negative")
+        if self.views_per_shard is not None and self.views_per_shard < 1:
+            raise InputError(f"SplatBridgeConfig.views_per_shard must be at least 1 or None: {self.views_per_shard}")
+
+    def setup(self, codec: Codec, scene: GaussianScene, cameras: Cameras) -> GaussianSplatBridge:
+        """The bridge this config describes, for `codec`'s space (a denoiser is a codec)."""
+        return GaussianSplatBridge(codec, scene, cameras, self)
 
 
 class GaussianSplatBridge:
     """Per-Gaussian colours (or latent features) of a frozen splat scene, seen through N cameras.
 
     Args:
+        codec: the denoiser's codec (`encode`, `decode`, `latent_channels`, `downsample`).
         scene: the Gaussians; its device is where everything runs.
         cameras: the views at the image size the codec decodes to (H x W, both divisible by `codec.downsample`).
-        codec: the denoiser (its `encode`, `decode`, `latent_channels` and `downsample` are used).
         config: representation and fit settings.
 
     Attributes:
@@ -173,23 +194,9 @@ class GaussianSplatBridge:
     """
 
     def __init__(
-        self, scene: GaussianScene, cameras: Cameras, codec: Denoiser, config: SplatBridgeConfig | None = None
+        self, codec: Codec, scene: GaussianScene, cameras: Cameras, config: SplatBridgeConfig | None = None
     ) -> None:
         config = SplatBridgeConfig() if config is None else config
-        if config.canonical not in ("rgb", "latent"):
-            raise InputError(f"SplatBridgeConfig.canonical must be 'rgb' or 'latent', got {config.canonical!r}")
-        if config.unproject_background not in ("own", "default"):
-            raise InputError(
-                "SplatBridgeConfig.unproject_background must be 'own' or 'default', "
-                f"got {config.unproject_background!r}"
-            )
-        settings = (config.damping, config.tolerance, config.max_iterations, config.min_gain_db,
-                    config.export_tolerance, config.export_max_iterations)  # fmt: skip
-        if min(settings) < 0:
-            raise InputError(
-                "SplatBridgeConfig: damping, tolerance, max_iterations, min_gain_db, export_tolerance and "
-                f"export_max_iterations must be non-negative, got {', '.join(str(value) for value in settings)}"
-            )
         downsample = codec.downsample
         if cameras.width % downsample or cameras.height % downsample:
             raise InputError(
@@ -320,8 +327,11 @@ class GaussianSplatBridge:
         weighted = weighted.reshape(self.num_views, 1, height, width)
         alpha = system.alpha
         depth = torch.where(alpha > 0, weighted / alpha.clamp_min(torch.finfo(alpha.dtype).tiny), 0.0)
-        suffixes = view_suffixes(self.cameras.c2w, self._scene_centre(), self.config)
-        if not self.config.view_suffixes:
+        if self.config.view_suffixes:
+            suffixes = self.config.suffixes.for_cameras(
+                self.cameras.c2w, self._scene_centre(), self.config.up, self.config.front
+            )
+        else:
             suffixes = ("",) * self.num_views
         return ViewConditions(prompt_suffixes=suffixes, depth=depth_control_image(depth, alpha))
 
@@ -346,29 +356,4 @@ class GaussianSplatBridge:
         return self.restyled_scene(z).save(path)
 
 
-def view_suffixes(
-    c2w: Float[Tensor, "N 4 4"], centre: Float[Tensor, "3"], config: SplatBridgeConfig
-) -> tuple[str, ...]:
-    """', top view' / ', front view' / ', side view' / ', back view' for each camera, from its direction seen from
-    `centre` (module docstring: the convention)."""
-    up = F.normalize(torch.tensor(config.up, dtype=torch.float64), dim=0)
-    front = torch.tensor(config.front, dtype=torch.float64)
-    front = F.normalize(front - (front @ up) * up, dim=0)
-    side = torch.linalg.cross(up, front)
-    directions = F.normalize(c2w[:, :3, 3].double().cpu() - centre.double().cpu(), dim=-1)
-    elevation = torch.rad2deg(torch.asin((directions @ up).clamp(-1, 1)))
-    azimuth = torch.rad2deg(torch.atan2(directions @ side, directions @ front)).abs()
-    suffixes = []
-    for el, az in zip(elevation.tolist(), azimuth.tolist(), strict=True):
-        if el > config.top_elevation_deg:
-            suffixes.append(", top view")
-        elif az <= 45.0:
-            suffixes.append(", front view")
-        elif az >= 135.0:
-            suffixes.append(", back view")
-        else:
-            suffixes.append(", side view")
-    return tuple(suffixes)
-
-
-__all__ = ["GaussianSplatBridge", "SplatBridgeConfig", "view_suffixes"]
+__all__ = ["GaussianSplatBridge", "SplatBridgeConfig"]

@@ -4,6 +4,6 @@
 2.x with an optional ControlNet depth through diffusers, imported only when it is built.
 """
 
-from sync_splat.denoisers.base import Denoiser, ViewConditions
+from sync_splat.denoisers.base import Denoiser
 
-__all__ = ["Denoiser", "ViewConditions"]
+__all__ = ["Denoiser"]

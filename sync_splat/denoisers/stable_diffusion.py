@@ -34,13 +34,13 @@ import tyro
 from jaxtyping import Float
 from torch import Tensor
 
+from sync_splat.conditions import ViewConditions
 from sync_splat.denoisers.attention import (
     MultiViewAttention,
     MultiViewAttentionConfig,
     ViewLayout,
     install_multiview_attention,
 )
-from sync_splat.denoisers.base import ViewConditions
 from sync_splat.errors import InputError
 from sync_splat.functional.diffusion import NoiseSchedule, eps_from_v, eps_from_x0
 

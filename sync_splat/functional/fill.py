@@ -72,6 +72,19 @@ def nearest_valid_index(valid: Bool[Tensor, "H W"], wrap_x: bool = False) -> Int
     return seed
 
 
+def take_nearest(values: Float[Tensor, "C H W"], nearest: Int64[Tensor, "..."]) -> Float[Tensor, "C H W"]:
+    """Give every pixel the value at its `nearest` index (from `nearest_valid_index`, flattened or not).
+
+    Geometry-bound aggregations compute the index once and fill every step with this gather, which keeps them
+    linear. Where no pixel was valid (the index is -1 everywhere), the values are returned unchanged.
+    """
+    index = nearest.reshape(-1)
+    if index.numel() and int(index[0]) < 0:  # the flood leaves -1 only where nothing is valid, and then everywhere
+        return values.clone()
+    channels = values.shape[0]
+    return values.reshape(channels, -1)[:, index.to(values.device)].reshape(values.shape)
+
+
 def fill_nearest(
     values: Float[Tensor, "C H W"], valid: Bool[Tensor, "H W"], wrap_x: bool = False
 ) -> Float[Tensor, "C H W"]:
@@ -85,8 +98,4 @@ def fill_nearest(
     Returns:
         The filled map; unchanged (zeros stay zeros) when no pixel is valid.
     """
-    index = nearest_valid_index(valid, wrap_x)
-    if not bool(valid.any()):
-        return values.clone()
-    channels = values.shape[0]
-    return values.reshape(channels, -1)[:, index.reshape(-1)].reshape(values.shape)
+    return take_nearest(values, nearest_valid_index(valid, wrap_x))

@@ -38,6 +38,7 @@ from torch import Tensor
 from sync_splat.errors import InputError
 from sync_splat.render.mesh import rasterize_uv
 from sync_splat.scene.files import atomic_output
+from sync_splat.scene.images import encode_png, to_uint8
 
 UVMode = Literal["auto", "file", "xatlas"]
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply")
@@ -206,12 +207,12 @@ class MeshAsset:
         outputs = (path,) if suffix == ".glb" else (path.with_suffix(".png"), path.with_suffix(".mtl"), path)
         if self.source is not None and any(_same_file(out, self.source) for out in outputs):
             raise InputError(f"{path}: would overwrite the input mesh {self.source}; choose another output path")
-        image = (texture_rgb01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu()
+        image = to_uint8(texture_rgb01)
         positions, uv, normals, faces = self._export_arrays()
         if suffix == ".glb":
-            _write_glb(path, positions, uv, normals, faces, image.numpy())
+            _write_glb(path, positions, uv, normals, faces, image)
         else:
-            _write_obj(path, positions, uv, normals, faces, image.numpy())
+            _write_obj(path, positions, uv, normals, faces, image)
         return outputs
 
     def _export_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -359,12 +360,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray(np.ascontiguousarray(image), mode="RGB").save(path, format="PNG")
-
-
 def _write_obj(
     path: Path, positions: np.ndarray, uv: np.ndarray, normals: np.ndarray, faces: np.ndarray, image: np.ndarray
 ) -> None:
@@ -386,7 +381,7 @@ def _write_obj(
         atomic_output(path.with_suffix(".mtl")) as mtl_tmp,
         atomic_output(path.with_suffix(".png")) as png_tmp,
     ):
-        _write_png(png_tmp, image)
+        encode_png(image, png_tmp)
         mtl_tmp.write_text(material)
         obj_tmp.write_text(text.getvalue())
 

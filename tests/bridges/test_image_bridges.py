@@ -18,12 +18,12 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from sync_splat.bridges.ambiguous_image import AmbiguousImageBridge
 from sync_splat.bridges.base import Bridge
-from sync_splat.bridges.image_io import divide_sums
-from sync_splat.bridges.layered_image import LayeredImageBridge
-from sync_splat.bridges.wide_image import WideImageBridge, window_offsets
+from sync_splat.bridges.plumbing import divide_sums
 from sync_splat.errors import InputError
+from sync_splat.studies.ambiguous_image import AmbiguousImageBridge
+from sync_splat.studies.layered_image import LayeredImageBridge
+from sync_splat.studies.wide_image import WideImageBridge, window_offsets
 
 PERMUTATIONS = ("identity", "flip_h", "flip_v", "rot90", "rot180", "rot270")
 

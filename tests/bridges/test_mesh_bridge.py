@@ -13,7 +13,9 @@ import torch
 import trimesh
 
 from sync_splat.bridges.base import Bridge
-from sync_splat.bridges.mesh import MeshBridgeConfig, MeshTextureBridge, mesh_rig, view_suffix
+from sync_splat.bridges.mesh import MeshBridgeConfig, MeshTextureBridge
+from sync_splat.bridges.mesh_views import mesh_rig
+from sync_splat.codec import PixelCodec
 from sync_splat.denoisers.prior import GaussianTexturePriorConfig
 from sync_splat.sampler import SyncConfig, SyncSampler
 from sync_splat.scene.mesh import MeshAsset
@@ -41,14 +43,14 @@ def smooth_texture(size: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def sheet_bridge() -> MeshTextureBridge:
-    return MeshTextureBridge(wavy_sheet(), SMALL)
+    return SMALL.setup(PixelCodec(), wavy_sheet())
 
 
 def test_the_bridge_has_the_papers_views_and_shapes(sheet_bridge: MeshTextureBridge) -> None:
     assert isinstance(sheet_bridge, Bridge)
     assert sheet_bridge.num_views == 10
     assert sheet_bridge.canonical_shape == (3, 64, 64) and sheet_bridge.instance_shape == (3, 32, 32)
-    cameras = mesh_rig(MeshBridgeConfig(), 96)
+    cameras = mesh_rig(MeshBridgeConfig().view_angles(), 60.0, 2.0, 96)
     distances = cameras.c2w[:, :3, 3].norm(dim=1)
     torch.testing.assert_close(distances, torch.full((10,), 2.0))
     elevations = torch.rad2deg(torch.asin(cameras.c2w[:, 1, 3] / 2.0))
@@ -62,10 +64,11 @@ def test_the_bridge_has_the_papers_views_and_shapes(sheet_bridge: MeshTextureBri
 
 
 def test_view_suffixes_follow_the_official_rules() -> None:
-    suffixes = [view_suffix(el, az) for el, az in MeshBridgeConfig().view_angles()]
-    assert suffixes == [", front view.", ", side view.", ", side view.", ", back view.", ", back view.",
-                        ", back view.", ", side view.", ", side view.", ", front view.", ", back view."]  # fmt: skip
-    assert view_suffix(45.0, 90.0) == ", top view." and view_suffix(-60.0, 0.0) == ", bottom view."
+    rule = MeshBridgeConfig().suffixes
+    suffixes = [rule.label(el, az) for el, az in MeshBridgeConfig().view_angles()]
+    assert suffixes == [", front view", ", side view", ", side view", ", back view", ", back view",
+                        ", back view", ", side view", ", side view", ", front view", ", back view"]  # fmt: skip
+    assert rule.label(45.0, 90.0) == ", top view" and rule.label(-60.0, 0.0) == ", bottom view"
 
 
 def test_project_looks_the_texture_up_and_composites_the_background(sheet_bridge: MeshTextureBridge) -> None:
@@ -107,7 +110,7 @@ def test_the_fill_reaches_texels_outside_every_chart() -> None:
         torch.tensor([[-1.0, -1.0, 0.0], [1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]]), torch.tensor([[0, 1, 2]]),
         torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 0.5]]), uv_mode="file",
     )  # fmt: skip
-    bridge = MeshTextureBridge(half, SMALL)
+    bridge = SMALL.setup(PixelCodec(), half)
     num, den = bridge.unproject_sums(torch.ones(10, 3, 32, 32))
     assert (den == 0).float().mean() > 0.8  # the chart fills an eighth of the texture
     z = bridge.unproject(torch.ones(10, 3, 32, 32))
@@ -117,7 +120,7 @@ def test_the_fill_reaches_texels_outside_every_chart() -> None:
 def test_per_view_fill_lets_every_view_reach_the_dense_texture() -> None:
     dense = MeshBridgeConfig(view_size=16, texture_size=128, device="cpu", upper_azimuths_deg=(), azimuths=1)
     for per_view_fill in (True, False):
-        bridge = MeshTextureBridge(wavy_sheet(), replace(dense, per_view_fill=per_view_fill))
+        bridge = replace(dense, per_view_fill=per_view_fill).setup(PixelCodec(), wavy_sheet())
         _, den = bridge.unproject_sums(torch.zeros(1, 3, 16, 16))
         seen = (den > 0).float().mean().item()
         # 16 x 16 pixels reach at most 256 of 16384 texels by splatting; the per-view fill reaches the whole sheet.
@@ -135,7 +138,7 @@ def two_views_bridge(cos_power: float) -> MeshTextureBridge:
         torch.tensor([[0, 1, 2], [0, 2, 3]]), torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]),
         uv_mode="file",
     )  # fmt: skip
-    return MeshTextureBridge(flat, config)
+    return config.setup(PixelCodec(), flat)
 
 
 @pytest.mark.parametrize("cos_power", [0.0, 1.0, 6.0])
@@ -173,7 +176,7 @@ def test_initial_noise_has_unit_variance_and_consistent_covered_pixels(sheet_bri
 
 def test_conditions_carry_suffixes_and_normalised_inverse_depth(sheet_bridge: MeshTextureBridge) -> None:
     conditions = sheet_bridge.conditions()
-    assert len(conditions.prompt_suffixes) == 10 and conditions.prompt_suffixes[0] == ", front view."
+    assert len(conditions.prompt_suffixes) == 10 and conditions.prompt_suffixes[0] == ", front view"
     depth = conditions.depth
     assert depth.shape == (10, 1, 32, 32) and depth.min() >= 0 and depth.max() <= 1
     front = depth[0, 0]
@@ -199,7 +202,7 @@ def test_export_bakes_an_rgb_texture_and_writes_obj_and_glb(sheet_bridge: MeshTe
 
 def test_the_prior_samples_a_texture_through_the_bridge(sheet_bridge: MeshTextureBridge) -> None:
     prior = GaussianTexturePriorConfig(prompt="marble").setup()
-    bridge = MeshTextureBridge.from_denoiser(wavy_sheet(), prior, SMALL)
+    bridge = SMALL.setup(prior, wavy_sheet())
     result = SyncSampler(prior, bridge, SyncConfig(num_steps=4)).sample(torch.Generator().manual_seed(0))
     assert result.z.shape == (3, 64, 64) and torch.isfinite(result.z).all()
     covered = bridge.coverage().expand_as(result.x) == 1

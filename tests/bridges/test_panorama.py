@@ -5,7 +5,9 @@ unit-variance view-consistent initial noise, near-bright depth conditions, and a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import pytest
@@ -13,6 +15,7 @@ import torch
 
 from sync_splat.bridges.base import Bridge
 from sync_splat.bridges.panorama import PanoramaBridge, PanoramaBridgeConfig, cube_face_paths, export_cube_faces
+from sync_splat.codec import PixelCodec
 from sync_splat.denoisers.prior import GaussianTexturePriorConfig
 from sync_splat.errors import InputError
 from sync_splat.functional.equirect import direction_to_lonlat, equirect_directions, equirect_taps
@@ -26,10 +29,17 @@ def bridge(
     channels: int = 3,
     height: int = 32,
     view_size: int | None = None,
-    **kwargs,
+    downsample: int = 1,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    depth: torch.Tensor | None = None,
 ) -> PanoramaBridge:
-    config = replace(config, height=height, view_size=view_size)
-    return PanoramaBridge(config, channels=channels, native_view_size=64, **kwargs)
+    """A bridge whose codec has `channels`, `downsample` and 64-pixel native views (and `decode`, when given)."""
+    config = replace(config, height=height, view_size=view_size, device="cpu")
+    codec = PixelCodec(native_size=64 * downsample, latent_channels=channels, downsample=downsample)
+    if decode is not None:
+        codec = SimpleNamespace(latent_channels=channels, downsample=downsample, native_size=64 * downsample,
+                                encode=codec.encode, decode=decode)  # fmt: skip
+    return PanoramaBridge(codec, config, depth)
 
 
 def smooth_panorama(height: int) -> torch.Tensor:

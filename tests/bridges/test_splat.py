@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from plyfile import PlyData
 
 from sync_splat.bridges.base import Bridge
-from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig, view_suffixes
-from sync_splat.bridges.splat_system import SplatLeastSquares
-from sync_splat.denoisers.base import ViewConditions
+from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
+from sync_splat.bridges.splat_fit import SplatLeastSquares
+from sync_splat.conditions import ViewConditions
 from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.errors import InputError
 from sync_splat.functional.diffusion import NoiseSchedule
@@ -95,7 +95,7 @@ class PooledCodec:
 
 
 def make_bridge(codec=None, **config) -> GaussianSplatBridge:  # noqa: ANN001
-    return GaussianSplatBridge(small_scene(), rig(), codec or prior(), SplatBridgeConfig(**config))
+    return SplatBridgeConfig(**config).setup(codec or prior(), small_scene(), rig())
 
 
 def random_colours(bridge: GaussianSplatBridge, seed: int = 0) -> torch.Tensor:
@@ -148,7 +148,7 @@ def test_bridge_follows_the_protocol(canonical: str, codec) -> None:  # noqa: AN
 
 def test_views_the_codec_cannot_encode_are_refused() -> None:
     with pytest.raises(InputError, match="downsample 2"):
-        GaussianSplatBridge(small_scene(), rig().resized(33, 33), PooledCodec())
+        SplatBridgeConfig().setup(PooledCodec(), small_scene(), rig().resized(33, 33))
 
 
 # ---- consistency -----------------------------------------------------------------------------------------------
@@ -441,7 +441,7 @@ def test_depth_conditions_are_normalised_inverse_depth() -> None:
 
 def test_view_suffixes_follow_the_documented_convention() -> None:
     cameras = Cameras.orbit_rig((0.0, 0.5, 0.0), 1.0, num_azimuths=8, elevations_deg=(10.0, 70.0), top_views=1)
-    suffixes = view_suffixes(cameras.c2w, torch.tensor([0.0, 0.5, 0.0]), SplatBridgeConfig())
+    suffixes = SplatBridgeConfig().suffixes.for_cameras(cameras.c2w, torch.tensor([0.0, 0.5, 0.0]))
     # Azimuth k * 45 degrees from +z (front) towards +x; 45 degrees is still front, 135 already back.
     ring = (", front view", ", front view", ", side view", ", back view", ", back view", ", back view",
             ", side view", ", front view")  # fmt: skip
@@ -473,7 +473,7 @@ def test_the_mip_splatting_fixture_goes_through_the_bridge(tmp_path, shared_fixt
     scene = GaussianScene.load(source_path)
     centre, radius = scene.bounding_sphere(trim=0.01)
     cameras = Cameras.orbit_rig(centre, radius, num_azimuths=2, elevations_deg=(30.0,), top_views=0, size=(32, 32))
-    bridge = GaussianSplatBridge(scene, cameras, prior(), SplatBridgeConfig(antialiased=True))
+    bridge = SplatBridgeConfig(antialiased=True).setup(prior(), scene, cameras)
     assert 0.9 < float(bridge.coverage().amax()) <= 1 and (bridge.coverage() == 0).any()
     colours = 0.1 + 0.8 * torch.rand(bridge.canonical_shape, generator=torch.Generator().manual_seed(0))
     z = bridge.unproject(bridge.project(colours))

@@ -6,13 +6,10 @@ import math
 import pytest
 import torch
 
-from sync_splat.denoisers.base import Denoiser, ViewConditions
-from sync_splat.denoisers.prior import (
-    PRESETS,
-    GaussianTexturePrior,
-    GaussianTexturePriorConfig,
-    preset_for_prompt,
-)
+from sync_splat.conditions import ViewConditions
+from sync_splat.denoisers.base import Denoiser
+from sync_splat.denoisers.prior import GaussianTexturePrior, GaussianTexturePriorConfig
+from sync_splat.denoisers.texture_presets import PRESETS, preset_for_prompt
 from sync_splat.errors import InputError
 from sync_splat.functional.diffusion import NoiseSchedule, add_noise, ddim_step, tweedie
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from tiny_sd import TinySDPaths, build_tiny_sd
 
+from sync_splat.conditions import ViewConditions
 from sync_splat.denoisers.attention import MultiViewAttentionConfig
-from sync_splat.denoisers.base import Denoiser, ViewConditions
+from sync_splat.denoisers.base import Denoiser
 from sync_splat.denoisers.stable_diffusion import (
     StableDiffusionDenoiser,
     StableDiffusionDenoiserConfig,

@@ -21,7 +21,7 @@ import pytest
 import torch
 from tiny_sd import TinySDPaths
 
-from sync_splat.restyle import render_rgb
+from sync_splat.apps.restyle import render_rgb
 from sync_splat.scene.cameras import OPENGL_TO_OPENCV, Cameras
 from sync_splat.scene.demo import make_demo_scene
 from sync_splat.scene.gaussians import GaussianScene

@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import dataset_args, tiny_sd_args, train_in_process
 
-from sync_splat.scene.gaussians import GaussianScene, ply_property_names
+from sync_splat.scene.gaussians import GaussianScene
+from sync_splat.scene.ply import ply_property_names
 
 STEPS = 3
 VIEWS = 3

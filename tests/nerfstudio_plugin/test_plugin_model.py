@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import dataset_cameras, tiny_scene
 
-from sync_splat.restyle import render_rgb
+from sync_splat.apps.restyle import render_rgb
 from sync_splat.scene.gaussians import SH_C0, GaussianScene
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sync_splat.restyle import RestyleConfig
+from sync_splat.apps.restyle import RestyleConfig
 from sync_splat.scene.gaussians import GaussianScene
 
 

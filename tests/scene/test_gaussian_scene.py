@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from sync_splat.errors import InputError
-from sync_splat.scene.gaussians import SH_C0, GaussianScene, ply_property_names, read_ply
+from sync_splat.scene.gaussians import SH_C0, GaussianScene
+from sync_splat.scene.ply import ply_property_names, read_ply
 
 FIELDS = ("means", "quats_wxyz", "log_scales", "opacity_logits", "sh")
 DONUT_COUNT = 45624

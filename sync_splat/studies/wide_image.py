@@ -20,8 +20,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sync_splat.bridges.image_io import Decode, decode_pixels, divide_sums, expect_shape, write_png
-from sync_splat.denoisers.base import ViewConditions
+from sync_splat.bridges.plumbing import divide_sums, expect_shape
+from sync_splat.codec import Decode, decode_pixels
+from sync_splat.conditions import ViewConditions
+from sync_splat.scene.images import write_png
 
 
 def window_offsets(width: int, window: int, stride: int) -> tuple[int, ...]:

@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sync_splat.bridges.ambiguous_image import AmbiguousImageBridge
 from sync_splat.bridges.base import Bridge
-from sync_splat.bridges.image_io import write_png
-from sync_splat.bridges.layered_image import LayeredImageBridge
-from sync_splat.bridges.wide_image import WideImageBridge
-from sync_splat.denoisers.base import ViewConditions
+from sync_splat.conditions import ViewConditions
 from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.sampler import PAPER_CASES, SyncConfig, SyncSampler
 from sync_splat.scene.files import atomic_output
+from sync_splat.scene.images import write_png
+from sync_splat.studies.ambiguous_image import AmbiguousImageBridge
+from sync_splat.studies.layered_image import LayeredImageBridge
+from sync_splat.studies.wide_image import WideImageBridge
 
 CHANNELS = 3
 LOW_BAND = 0.125

@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sync_splat.bridges.image_io import expect_shape
+from sync_splat.bridges.plumbing import expect_shape
 from sync_splat.errors import InputError
 from sync_splat.functional.conjugate_gradient import LeastSquaresFit, conjugate_gradient
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from torch import Tensor
 
-from sync_splat.bridges.image_io import write_image_rows
-from sync_splat.bridges.mesh import MeshBridgeConfig, MeshTextureBridge
+from sync_splat.apps.progress import sample_with_progress
+from sync_splat.apps.settings import SamplingSettings
+from sync_splat.bridges.mesh import MeshBridgeConfig
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
-from sync_splat.progress import sample_with_progress
 from sync_splat.sampler import SyncSampler
 from sync_splat.scene.files import refuse_existing
+from sync_splat.scene.images import write_image_rows
 from sync_splat.scene.mesh import MeshAsset, UVMode
-from sync_splat.settings import SamplingSettings
 
 OUTPUT_NAMES = ("textured.obj", "textured.mtl", "textured.png", "textured.glb", "views.png")
 """The files `texture_mesh` writes into its output folder."""
@@ -34,7 +34,7 @@ class MeshTextureConfig(SamplingSettings):
 
     prompt: str = "marble"
     """The text prompt. With the prior it names a texture preset (marble, wood, stripes, clouds, camouflage,
-    terrazzo, granite); with SD each view adds ", front view." / ", side view." / ", back view."."""
+    terrazzo, granite); with SD each view adds ", front view", ", side view" or ", back view"."""
     sd: StableDiffusionDenoiserConfig = field(
         default_factory=lambda: StableDiffusionDenoiserConfig(guidance_scale=15.5)
     )
@@ -77,7 +77,7 @@ def texture_mesh(
     refuse_existing(*paths)
     mesh = MeshAsset.load(mesh_path, uvs=config.uvs)
     denoiser = config.build_denoiser()
-    bridge = MeshTextureBridge.from_denoiser(mesh, denoiser, config.bridge)
+    bridge = config.bridge.setup(denoiser, mesh)
     sampler = SyncSampler(denoiser, bridge, config.sync_config())
     label = f"texturing {Path(mesh_path).name} '{config.prompt}'"
     result = sample_with_progress(sampler, config.seed, label, show_progress)

@@ -16,17 +16,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sync_splat.apps.progress import sample_with_progress
+from sync_splat.apps.settings import SamplingSettings
 from sync_splat.bridges.base import Bridge
-from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
+from sync_splat.bridges.splat import SplatBridgeConfig
 from sync_splat.denoisers.base import Denoiser
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
-from sync_splat.progress import sample_with_progress
 from sync_splat.render.gaussians import render_gaussians
 from sync_splat.sampler import SyncSampler
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.files import atomic_output
 from sync_splat.scene.gaussians import GaussianScene
-from sync_splat.settings import SamplingSettings
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def restyle(
     """
     denoiser = config.build_denoiser() if denoiser is None else denoiser
     cameras = orbit_cameras(scene, config.views, denoiser.native_size, config.fov_deg)
-    bridge = GaussianSplatBridge(scene, cameras, denoiser, config.fit)
+    bridge = config.fit.setup(denoiser, scene, cameras)
     sampled_through = bridge if instrument is None else instrument(bridge)
     sampler = SyncSampler(denoiser, sampled_through, config.sync_config())
     result = sample_with_progress(sampler, config.seed, f"restyling '{config.prompt}'", show_progress)

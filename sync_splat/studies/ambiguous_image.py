@@ -35,9 +35,11 @@ import torch
 from jaxtyping import Float, Int64
 from torch import Tensor
 
-from sync_splat.bridges.image_io import Decode, decode_pixels, divide_sums, expect_shape, export_side_by_side
-from sync_splat.denoisers.base import ViewConditions
+from sync_splat.bridges.plumbing import divide_sums, expect_shape
+from sync_splat.codec import Decode, decode_pixels
+from sync_splat.conditions import ViewConditions
 from sync_splat.errors import InputError
+from sync_splat.scene.images import write_image_rows
 
 ViewTransform = Literal["identity", "flip_h", "flip_v", "rot90", "rot180", "rot270", "inner_rotate"]
 VIEW_TRANSFORMS: tuple[str, ...] = get_args(ViewTransform)
@@ -178,4 +180,4 @@ class AmbiguousImageBridge:
         """Decode the canonical image (the K images side by side for n-to-1) and write one PNG, atomically."""
         expect_shape("z", z, self.canonical_shape)
         images = z[None] if self.num_images == 1 else z
-        return export_side_by_side(images, self.decode, path)
+        return write_image_rows((self.decode(images),), path)

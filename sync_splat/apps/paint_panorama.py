@@ -13,16 +13,16 @@ from typing import Literal
 
 from torch import Tensor
 
-from sync_splat.bridges.image_io import write_png
-from sync_splat.bridges.panorama import PanoramaBridge, PanoramaBridgeConfig, cube_face_paths, export_cube_faces
+from sync_splat.apps.progress import sample_with_progress
+from sync_splat.apps.settings import SamplingSettings
+from sync_splat.bridges.panorama import PanoramaBridgeConfig, cube_face_paths, export_cube_faces
 from sync_splat.denoisers.attention import MultiViewAttentionConfig
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
 from sync_splat.errors import InputError
-from sync_splat.progress import sample_with_progress
 from sync_splat.sampler import SyncSampler
 from sync_splat.scene.depth_maps import read_depth_map
 from sync_splat.scene.files import refuse_existing
-from sync_splat.settings import SamplingSettings
+from sync_splat.scene.images import write_png
 
 PRIOR_HEIGHT = 64
 """Panorama rows with the prior when `height` is None: a 64 x 128 panorama seen by 26-pixel views, seconds on a CPU."""
@@ -128,7 +128,7 @@ def paint_panorama(
         )
     depth_map = None if depth is None else read_depth_map(depth)
     denoiser = config.build_denoiser()
-    bridge: PanoramaBridge = config.bridge_config().setup(denoiser, depth_map)
+    bridge = config.bridge_config().setup(denoiser, depth_map)
     sampler = SyncSampler(denoiser, bridge, config.sync_config())
     result = sample_with_progress(sampler, config.seed, f"painting '{config.prompt}'", show_progress)
     rgb01 = bridge.rgb_panorama(result.z)

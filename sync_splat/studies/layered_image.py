@@ -54,9 +54,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sync_splat.bridges.image_io import Decode, decode_pixels, divide_sums, expect_shape, export_side_by_side
-from sync_splat.denoisers.base import ViewConditions
+from sync_splat.bridges.plumbing import divide_sums, expect_shape
+from sync_splat.codec import Decode, decode_pixels
+from sync_splat.conditions import ViewConditions
 from sync_splat.functional.conjugate_gradient import conjugate_gradient
+from sync_splat.scene.images import write_image_rows
 
 MAX_ALPHA = 0.9
 """The most opaque a layer gets (a blob's centre), so some background always shows: coverage < 1."""
@@ -246,4 +248,4 @@ class LayeredImageBridge:
     def export(self, z: Float[Tensor, "K C h w"], path: Path) -> Path:
         """Decode the K layers and write them side by side as one PNG, atomically."""
         expect_shape("z", z, self.canonical_shape)
-        return export_side_by_side(z, self.decode, path)
+        return write_image_rows((self.decode(z),), path)

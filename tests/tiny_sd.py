@@ -1,6 +1,6 @@
 """Tiny random Stable Diffusion 1.5 + ControlNet depth folders for offline tests.
 
-The components have SD 1.5's geometry at a toy width (shared/reference/diffusers-notes.md §1): a 4-channel latent,
+The components have SD 1.5's geometry at a toy width: a 4-channel latent,
 a VAE with scale factor 8, a UNet with self- and cross-attention, a CLIP text encoder, and a ControlNet whose
 conditioning embedder also downsamples by 8. They are built from config after `torch.manual_seed(0)`, so every
 build gives the same weights, and saved as safetensors in the layout of a hub repository, so the code under test

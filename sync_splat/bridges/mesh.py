@@ -1,4 +1,4 @@
-"""The mesh-texture bridge (reference/synctweedies.md §4.4): a UV texture seen through rasterised views of a mesh.
+"""The mesh-texture bridge: a UV texture seen through rasterised views of a mesh (the paper's mesh texturing).
 
 The canonical variable `z` is a texture `[C, Ht, Wt]` in the denoiser's space (a 4-channel latent texture for SD,
 the paper's 1536 x 1536; an RGB texture in [-1, 1] for the pixel-space prior). The instances are N views
@@ -24,7 +24,7 @@ rasterisation, and with it both f and g, is a fixed linear map built once (`Text
   3. weight: `w_i = cos_i^p`, with `cos_i` the cosine between the face normal and the direction to camera i
      (clamped at 0, averaged over a texel's pixels) and `p` an explicit setting: `cos_power` (1) while sampling
      and `bake_cos_power` (6) for the final RGB bake. (The official code passes p = 0 while sampling, which its
-     `bake_texture` silently turns into 1; pitfall 4.) Numerator `sum_i w_i m_i` and denominator `sum_i w_i`;
+     `bake_texture` silently turns into 1; docs/official_differences.md.) Numerator `sum_i w_i m_i` and denominator `sum_i w_i`;
   4. divide, then fill the texels no view sees (outside the charts, or hidden from every camera) with the value of
      the nearest seen texel (`functional.fill`, jump flooding), so bilinear lookups at chart borders and the
      exported image have no holes. Which texels are seen is fixed, so the flood runs once, at construction.
@@ -89,7 +89,7 @@ class MeshBridgeConfig:
     camera_distance: float = 2.0
     """Distance of the cameras from the centre of the mesh, normalised to the unit sphere."""
     cos_power: float = 1.0
-    """Exponent p of the view weight cos^p while sampling (the official setting is 1 in effect, pitfall 4)."""
+    """Exponent p of the view weight cos^p while sampling (the official code's effective value)."""
     bake_cos_power: float = 6.0
     """Exponent p of the view weight cos^p for the final RGB bake (the official setting)."""
     texture_filter: Literal["bilinear", "nearest"] = "bilinear"
@@ -154,7 +154,7 @@ class _Views:
 
 
 class MeshTextureBridge:
-    """A mesh's UV texture seen from N cameras (reference/synctweedies.md §4.4; module docstring for f and g).
+    """A mesh's UV texture seen from N cameras (the module docstring explains f and g).
 
     Args:
         codec: the denoiser's codec: its channels, downsampling and native size (the default view size), and its

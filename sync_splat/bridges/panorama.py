@@ -1,12 +1,12 @@
-"""The panorama bridge: a 360-degree equirectangular image seen through perspective views (reference/synctweedies.md
-§4.3; geometry and conventions in `sync_splat.functional.equirect` and docs/conventions.md).
+"""The panorama bridge: a 360-degree equirectangular image seen through perspective views (geometry and conventions
+in `sync_splat.functional.equirect` and docs/conventions.md).
 
 Canonical variable `z`: one equirectangular image `[C, Ht, 2 Ht]` **in the denoiser's space** (SD latents, or the
 pixels of a pixel-space prior), so `f` and `g` are linear and every case of the paper runs on it. (The official
 code's alternative, an RGB panorama that every aggregation decodes into and re-encodes out of, costs a VAE round trip
 per view per step and supports only the x0 cases; it is not implemented.) Its default resolution matches the views'
 angular resolution (`Ht = 180 * view_size / fov`: 160 latent rows for SD's 64-latent views at 72 degrees) rather
-than the official 2048 x 4096 latent, about 13x denser than the views (pitfall 8).
+than the official 2048 x 4096 latent, about 13x denser than the views (docs/official_differences.md).
 
 Views: pinhole cameras at the centre (OpenCV axes inside), `view_size` pixels square, field of view `fov_deg`. The
 paper's ring is 8 views at yaws 0, 45, ..., 315 degrees, pitch 0, FOV 72 degrees (view 4 looks at the seam); it
@@ -36,7 +36,7 @@ the reference view of ring attention), then the top and bottom views.
   view's depth is sampled along its rays at the denoiser's image resolution, converted from distance along the ray
   to depth along the optical axis (times the cosine), and turned into normalised inverse depth over all views
   together (near is bright, the farthest point 0), blurred like the official splat conditioning
-  (`sync_splat.functional.depth`). This replaces the official colour-map PNG with uint8 wrap-around (pitfall 7).
+  (`sync_splat.functional.depth`). This replaces the official colour-map PNG with uint8 wrap-around (docs/official_differences.md).
 - Export: the RGB equirect PNG, written atomically. `export_decode` chooses how z becomes RGB: "panorama" decodes z
   itself, with the seam padded by wrapped columns so the codec sees it continuous (exact for pixel priors); "views"
   decodes every view `f(z)` at the model's native size and averages the RGB views into the panorama with the same

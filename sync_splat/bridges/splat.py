@@ -1,67 +1,16 @@
-"""The Gaussian-splat bridge: per-Gaussian colours (or latent features) seen through rendered views (DESIGN.md §5).
+"""The Gaussian-splat bridge: per-Gaussian colours (or latent features) of a frozen scene, seen through N cameras.
 
-Geometry (means, rotations, scales, opacities) is frozen, so a rendered pixel is linear in the per-Gaussian features:
-with `W_v` the compositing weights of view v (`gaussian_weights`, sparse `[h w, G]`, computed ONCE per bridge),
-
-    x_v = W_v z + (1 - alpha_v) background_v,        alpha_v = W_v 1.
-
-Canonical spaces (`SplatBridgeConfig.canonical`):
-- "rgb": `z` `[G, 3]` view-independent colours in [0, 1] (the paper's splat setting). f renders at the image size,
-  composites over the decoded background, and encodes with the denoiser's codec, so f is not linear in the
-  denoiser's space: only the x0_hat cases (2, 5) may run.
-- "latent": `z` `[G, C]` features rendered directly at the instance (latent) size; f and g are linear; all cases.
-
-g (`unproject`) is the least-squares fit derived in `layered_image.py`. The sampler calls `f(z, background=x)`, so a
-view agrees with z exactly when its covered content `alpha x` equals `W z`; g fits that content,
-
-    min_c  sum_v ||W_v c - y_v||^2 + lambda ||c - c_ref||^2,     y_v = alpha_v x_v   ("own" background),
-
-normal equations `(A + lambda I) c = b + lambda c_ref` with `A = sum_v W_v^T W_v` and `b = sum_v W_v^T y_v`, both
-sums over views (`SplatLeastSquares.sums`; views are grouped into shards whose sums add, so shards could live on
-different processes). With `unproject_background="default"` the views are instead taken as composited over the
-bridge's default background (white RGB, zero latents: the official `force_clean_composition` fit),
-`y_v = x_v - (1 - alpha_v) background`.
-
-- `c_ref = b / (A 1)` is the closed form: one back-projection, the splat colour average re-weighted by coverage. It
-  is exact where a pixel's Gaussians share one colour and NOT the least-squares answer where different colours
-  overlap; it starts the solver when there is no warm start.
-- Conjugate gradient, preconditioned with the row sums `A 1 + lambda` (the closed form's denominator), then runs from
-  `previous` (the sampler's warm start) or from `c_ref`, one independent CG per channel, until the relative residual
-  `||rhs - (A + lambda I) c|| / ||rhs||` falls to `tolerance` (checked before the first step, so a converged warm
-  start costs no iteration), or an iteration improves the fit by less than `min_gain_db` decibels (each CG step
-  lowers the squared error by exactly `step * rho`), or `max_iterations`. Views that agree end on the residual;
-  views that disagree, as the sampler's do, end on the gain, whose PSNR converges long before the residual.
-- `damping` (lambda, in fully opaque pixels' worth of evidence) keeps weakly seen Gaussians near `c_ref`: without it,
-  a Gaussian seen through a few faint pixels may take any colour at all (values of +-1e4 at 128^2 on real scenes),
-  which other, held-out views would show. Gaussians no view sees keep `previous` (or the unseen default).
-- `solver_cutoff` leaves the weights below it out of A and b (the fit of the pruned weights `W~`, its products
-  reading fewer weights); rendering, alpha and the conditions keep every weight. `A 1` (the preconditioner and the
-  closed form's denominator) and "seen" are then those of `W~`.
-- A step costs one back-projection for `b` plus a few CG iterations (a warm start's `A previous` shares the
-  back-projection's pass: `W^T [y | W previous]`). No state is kept between fits, so a resumed run ends bit for bit
-  as an uninterrupted one. Each iteration applies `A`: either the assembled
-  sparse `G x G` matrix (one multiply) or `W^T (W p)` (two passes over the weights). `normal_matrix="auto"` assembles
-  `A` (once, on the first fit) when a 1/64 row sample predicts `nnz(A) <= nnz(W)`; at low resolutions with many
-  overlapping Gaussians `A` is denser than `W` and the implicit product is cheaper.
-
-Initial noise (the official "consistent noise", reference/synctweedies.md §4.5): per-Gaussian N(0, 1) features
-rendered at the instance size with square-root weights, `sum_g sqrt(w_g) e_g`, plus independent background noise
-times `sqrt(1 - alpha)`: the variance is `sum_g w_g + 1 - alpha = 1`, and views seeing the same Gaussian share its
-noise. `z_T ~ N(0, I)` in the canonical shape (for "latent" it is also the per-Gaussian noise).
-
-Conditions: expected depth from the same weights (`sum_g w_g d_g / alpha`, d the Gaussian centre's camera depth),
-as normalised inverse depth (`depth_control_image`: near bright, background 0, global over views, blurred as the
-official pipeline), and view suffixes from each camera's direction seen from the scene centre: with `up` (default
-+y, the demo scene's and the orbit rigs' frame) and `front` (default +z, where the orbit rig's azimuth 0 sits),
-elevation above 60 degrees is ", top view", otherwise the azimuth from `front` decides: within 45 degrees
-", front view" (a camera on the +z side, looking along -z), beyond 135 degrees ", back view", else ", side view".
-
-Export: a standard 3DGS PLY with the geometry bit-identical, `f_dc = (c - 0.5) / SH_C0` and `f_rest` zero
-(`GaussianScene.with_colors`), written atomically. A latent canonical is first rendered, decoded and re-fitted in
-RGB (over the default background) at the image size, solved to `export_tolerance`.
-
-The weights, their products and the fit live in `splat_system.SplatLeastSquares`; the solver in
-`sync_splat.functional.conjugate_gradient`.
+- Canonical `z` (`SplatBridgeConfig.canonical`): "rgb", one view-independent colour in [0, 1] per Gaussian; f renders
+  at the image size, composites and encodes, so it is not linear in the denoiser's space and only the x0_hat cases
+  (2 and 5) may run. "latent", one denoiser-space feature per Gaussian rendered at the latent size: f and g are
+  linear and every case runs.
+- f (`project`) renders z over a background; g (`unproject`) is the damped least-squares colour fit of
+  `sync_splat.bridges.splat_fit`, where its derivation and settings are explained.
+- Initial noise: per-Gaussian N(0, 1) features rendered with square-root weights plus background noise times
+  `sqrt(1 - alpha)`: unit variance per pixel, and views that see a Gaussian share its noise.
+- Conditions: normalised inverse expected depth per view (ControlNet depth) and prompt suffixes from each camera's
+  direction (`ViewSuffixes`).
+- Export: a standard 3DGS PLY, geometry bit-identical, `f_dc = (c - 0.5) / SH_C0`, `f_rest` zero, written atomically.
 
 Dimension letters (docs/conventions.md): N views, G Gaussians, C channels, H W image pixels, h w instance pixels.
 """
@@ -111,15 +60,12 @@ class SplatBridgeConfig:
     squares); keeps barely seen Gaussians from taking extreme colours."""
     tolerance: float = 1e-3
     """Conjugate gradient stops at this relative residual of the normal equations: what ends the fit of views that
-    agree (they come back to ~50 dB with the default damping)."""
+    agree."""
     max_iterations: int = 50
     """At most this many conjugate-gradient iterations per fit (0: the closed form, or the warm start, alone)."""
     min_gain_db: float = 0.05
     """Conjugate gradient also stops after an iteration that improved the fit (its squared error over all views) by
-    less than this many decibels (0: never): what ends the fit of views that disagree, as the sampler's do, whose
-    PSNR converges long before the residual. Scenes whose fit converges slowly get more iterations, where a fixed
-    residual would stop them early (0.05, on the benchmark's scenes: 0.06 to 0.16 dB below the fully converged fit,
-    within 0.03 dB of the official 1000-iteration fit)."""
+    less than this many decibels (0: never): what ends the fit of views that disagree, as the sampler's do."""
     export_tolerance: float = 1e-5
     """The export's RGB fit of a latent canonical (`restyled_scene`) runs once, cold, and gives the colours the
     user keeps, so it is solved nearly to the end: conjugate gradient stops at this relative residual..."""
@@ -129,16 +75,8 @@ class SplatBridgeConfig:
     """How CG applies A = sum_v W_v^T W_v: 'assembled' (a sparse G x G matrix, built on the first fit), 'implicit'
     (W^T (W p), two passes over the weights), or 'auto' (assembled when it is predicted sparser than W)."""
     solver_cutoff: float = 1e-3
-    """The fit (g) solves its normal equations, A and b, with the compositing weights below this left out; f, alpha,
-    coverage and the conditions keep every weight. The sparse products of a fit are memory-bound, so its time falls
-    with the weights it reads: 1e-3 keeps 57 % of them on the donut and the demo at 50 views of 128 x 128 (a fit
-    step 1.5x faster on the donut, implicit A; 2x on the demo, whose assembled A also thins). The cost is the light
-    each pixel loses to the pruned entries, which the fit makes up from the Gaussians it keeps: each entry carries at
-    most 1e-3 of its pixel (a quarter of an 8-bit level), together 0.7 % of a covered pixel's alpha on average (at
-    most 3.8 %; donut, 8 views), and the benchmark's fits lose 0.02 dB (donut) and 0.001 dB (demo) against the
-    exact weights. Consistent views are then fixed points only up to that loss (the default fit brings them back
-    at 49.4 dB instead of 49.9 on the tests' small scene). It is paid for with a pruned copy of W and W^T (about
-    0.57x their memory again; 281 MB on the donut at 50 views). 0: the exact fit, bit for bit, and no copy."""
+    """The fit solves its normal equations with the compositing weights below this left out (fewer weights to read,
+    at the price of a pruned copy of W); rendering keeps every weight. 0: the exact fit, bit for bit, and no copy."""
     views_per_shard: int | None = None
     """Views whose weights are stored and summed together (None: all in one); the per-shard sums add up, so shards
     could be split across processes."""
@@ -285,8 +223,9 @@ class GaussianSplatBridge:
             unseen = self.config.unseen_rgb01
         config = self.config
         return system.fit(
-            content, previous, unseen, config.damping, config.tolerance, config.max_iterations, config.min_gain_db
-        )
+            content, previous, unseen=unseen, damping=config.damping, tolerance=config.tolerance,
+            max_iterations=config.max_iterations, min_gain_db=config.min_gain_db,
+        )  # fmt: skip
 
     def unproject(self, x: Float[Tensor, "N C h w"], previous: Tensor | None = None) -> Float[Tensor, "G C"]:
         """g: the features whose renders best explain the views' covered content, warm-started from `previous`;
@@ -347,8 +286,10 @@ class GaussianSplatBridge:
             x = self.project(z, background=self.codec.encode(behind))
             system = self.linear_system("image")
             content = self.codec.decode(x).to(self.dtype) - (1 - system.alpha) * self._background_rgb01()
-            tolerance, iterations = self.config.export_tolerance, self.config.export_max_iterations
-            z = system.fit(content, None, self.config.unseen_rgb01, self.config.damping, tolerance, iterations).z
+            z = system.fit(
+                content, unseen=self.config.unseen_rgb01, damping=self.config.damping,
+                tolerance=self.config.export_tolerance, max_iterations=self.config.export_max_iterations,
+            ).z  # fmt: skip
         return self.scene.with_colors(z.clamp(0.0, 1.0))
 
     def export(self, z: Float[Tensor, "G C"], path: Path) -> Path:

@@ -1,12 +1,39 @@
-"""The frozen-geometry linear system of a splat scene seen through N views: render, back-project, and fit.
+"""The splat colour fit (the splat bridge's g): a damped least-squares problem over frozen compositing weights.
 
-A rendered pixel is linear in the per-Gaussian features, `x_v = W_v z`, with `W_v` the compositing weights of view v
-(`gaussian_weights`). `SplatLeastSquares` stores the weights once, as CSR in both orientations (grouped into shards of
-views whose sums add), and fits features to views by damped least squares: the closed form, then preconditioned
-conjugate gradient (`sync_splat.functional.conjugate_gradient`). `bridges/splat.py` explains the fit and its settings.
+Geometry is frozen, so a rendered pixel is linear in the per-Gaussian features: with `W_v` the compositing weights of
+view v (`sync_splat.render.gaussians.gaussian_weights`, sparse `[h w, G]`, computed once),
 
-torch's sparse CSR tensors are built with their invariant checks explicitly off (the indices are made here) and
-their "beta" notice silenced, in `_csr` only.
+    x_v = W_v z + (1 - alpha_v) background_v,        alpha_v = W_v 1.
+
+The sampler composites every view over its own value, `f(z, background=x)`, so a view agrees with z exactly when its
+covered content `alpha_v x_v` equals `W_v z`. The fit therefore matches that content,
+
+    min_c  sum_v ||W_v c - y_v||^2 + lambda ||c - c_ref||^2,      y_v = alpha_v x_v,
+
+whose normal equations `(A + lambda I) c = b + lambda c_ref`, `A = sum_v W_v^T W_v`, `b = sum_v W_v^T y_v`, are sums
+over views (so views can be split into shards, or processes, whose sums add). (Fitting `W c` to the whole of `x`
+would treat the uncovered part as black and add it again in f: consistent views would not be fixed points.) Callers
+may instead take views as composited over a known background, `y_v = x_v - (1 - alpha_v) background`.
+
+- `c_ref = b / (A 1)`, the closed form: one back-projection, the splat colour average re-weighted by coverage. It is
+  exact where a pixel's Gaussians share one colour, not where different colours overlap; it starts the solver when
+  there is no warm start.
+- Conjugate gradient (`sync_splat.functional.conjugate_gradient`), preconditioned with the row sums `A 1 + lambda`,
+  then runs from the warm start or `c_ref`, one solve per channel, until the relative residual falls to `tolerance`
+  (checked before the first step, so a converged warm start costs nothing), an iteration improves the fit by less
+  than `min_gain_db` decibels (each CG step lowers the squared error by exactly `step * rho`), or `max_iterations`.
+  Views that agree end on the residual; views that disagree, as the sampler's do, end on the gain.
+- `lambda` (`damping`, in fully opaque pixels' worth of evidence) keeps weakly seen Gaussians near `c_ref`; without it
+  a Gaussian seen through a few faint pixels may take any colour at all, which held-out views would show. Gaussians
+  no view sees keep the warm start (or the unseen default).
+- `solver_cutoff` leaves weights below it out of A and b (the products then read fewer weights); rendering, alpha and
+  coverage keep every weight. It costs a pruned copy of W and W^T.
+- A is applied either assembled (a sparse `G x G` matrix built on the first fit) or implicitly as `W^T (W p)`;
+  "auto" assembles when a row sample predicts `nnz(A) <= nnz(W)`.
+
+No state is kept between fits, so a resumed run ends bit for bit as an uninterrupted one. What the settings cost and
+gain on real scenes is measured in docs/splat_fit.md. torch's sparse CSR tensors are built with their invariant
+checks explicitly off (the indices are made here) and their "beta" notice silenced, in `_csr` only.
 
 Dimension letters (docs/conventions.md): N views, G Gaussians, C channels, h w pixels.
 """
@@ -94,9 +121,7 @@ class SplatLeastSquares:
         else:
             self._solver_shards, self.solver_nnz = self.shards, self.nnz
             self._solver_row_sums = None
-        # diag(A) = sum of squared weights per Gaussian; A 1 = W^T alpha: both per-view sums.
-        self.diagonal = torch.zeros(self.num_gaussians, 1, dtype=self.dtype, device=self.device)
-        self.diagonal.index_add_(0, columns, (values**2)[:, None])
+        # A 1 = W^T alpha, a per-view sum: the closed form's denominator and the preconditioner.
         self.row_sums = self.back_project(self.alpha)
         if self._solver_row_sums is None:
             self._solver_row_sums = self.row_sums
@@ -185,11 +210,6 @@ class SplatLeastSquares:
         both = self._solver_back_project(torch.cat([rows, self._solver_render(features.to(self.dtype))], dim=1))
         return both[:, :channels], both[:, channels:]
 
-    def sums(self, content: Float[Tensor, "N C h w"]) -> tuple[Float[Tensor, "G C"], Float[Tensor, "G 1"]]:
-        """The per-view sums of the fit: `b = sum_v W_v^T y_v` (numerator, the right-hand side) and
-        `A 1 = sum_v W_v^T alpha_v` (denominator, the row sums of A)."""
-        return self.back_project(content), self.row_sums
-
     def normal_matrix(self) -> Tensor | None:
         """The assembled `A~ = sum_v W~_v^T W~_v` (sparse CSR `[G, G]`; `W~` the solver's weights, `W` unless
         `solver_cutoff` prunes it), or None when A is applied implicitly."""
@@ -228,10 +248,11 @@ class SplatLeastSquares:
         self,
         content: Float[Tensor, "N C h w"],
         previous: Float[Tensor, "G C"] | None = None,
+        *,
         unseen: float = 0.0,
-        damping: float = 0.01,
-        tolerance: float = 1e-3,
-        max_iterations: int = 50,
+        damping: float,
+        tolerance: float,
+        max_iterations: int,
         min_gain_db: float = 0.0,
     ) -> LeastSquaresFit:
         """Least-squares features whose render matches `content` (module docstring): the closed form, then CG.
@@ -270,11 +291,11 @@ class SplatLeastSquares:
             rhs,
             start,
             inverse_preconditioner,
-            tolerance,
-            max_iterations,
-            start_product,
-            min_gain_db,
-            offset,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+            start_product=start_product,
+            min_gain_db=min_gain_db,
+            objective_offset=offset,
         )
 
 

@@ -1,4 +1,4 @@
-"""Multi-view self-attention for Stable Diffusion's UNet (SyncTweedies §2.7, inherited from SyncMVD).
+"""Multi-view self-attention for Stable Diffusion's UNet (as the SyncTweedies paper uses it, inherited from SyncMVD).
 
 Every self-attention layer (`attn1`) of the UNet is given `MultiViewAttnProcessor`. In it, the queries of view `i`
 attend to the joint keys and values of a ring of views `{i} U {i + o mod N : o in neighbour_offsets}`, giving

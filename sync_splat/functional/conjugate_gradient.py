@@ -1,8 +1,8 @@
 """Preconditioned conjugate gradient for symmetric positive semi-definite systems, one independent solve per column.
 
 Shared by the least-squares fits of the bridges whose views are linear in the canonical space (the splat colour fit,
-`bridges/splat_system.py`, and the layered toy bridge, `bridges/layered_image.py`). A caller that wants one solve over
-a whole tensor passes it as a single column.
+`sync_splat.bridges.splat_fit`, and the layered toy bridge, `sync_splat.studies.layered_image`). A caller that wants
+one solve over a whole tensor passes it as a single column.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def conjugate_gradient(
     rhs: Float[Tensor, "G C"],
     start: Float[Tensor, "G C"],
     inverse_preconditioner: Float[Tensor, "G 1"],
+    *,
     tolerance: float,
     max_iterations: int,
     start_product: Float[Tensor, "G C"] | None = None,

@@ -1,4 +1,4 @@
-"""The ambiguous-image bridge (visual anagrams; reference/synctweedies.md §3.4 and §4.1).
+"""The ambiguous-image bridge (visual anagrams): the paper's 1-to-1, 1-to-n and n-to-1 pixel projections.
 
 Every view is a pixel transform of one canonical image, so each view pixel is a copy of one canonical element
 (the same element in all channels). The three projection types of the paper all appear here:

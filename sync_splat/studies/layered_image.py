@@ -9,26 +9,15 @@ to back with fixed, smooth alpha masks of its own (Gaussian blobs whose centre a
 
 so a view is `x_v = sum_k w_{v,k} z_k + (1 - coverage_v) background_v` with `coverage_v = sum_k w_{v,k}` in (0, 1):
 several canonical elements mix into one pixel, and part of every pixel is background the canonical does not cover.
-That is a rendered splat pixel with frozen geometry (DESIGN.md §5), with layers for Gaussians.
+That is a rendered splat pixel with frozen geometry, with layers for Gaussians.
 
-g (`unproject`) inverts f as the sampler uses it. The sampler composites every view over its own value,
-`f(z, background=x) = W z + (1 - coverage) x` (reference/synctweedies.md §1, "bg"), so a view x agrees with z exactly
-when `x = W z + (1 - coverage) x`, i.e. when its covered content `coverage * x` equals `W z`. g is therefore the
-least-squares fit of the covered content,
+g (`unproject`) is the splat colour fit without damping (derived in `sync_splat.bridges.splat_fit`): the
+least-squares fit of each view's covered content `coverage_v x_v` by `W_v c`, so views that agree with some z (the
+un-premultiplied render) give back exactly that z. Two solvers (`fit`):
 
-    min_c sum_v ||W_v c - coverage_v x_v||^2,   normal equations  A c = b,  A = sum_v W_v^T W_v,
-                                                                             b = sum_v W_v^T (coverage_v x_v),
-
-and views that agree with some z (`x = W z / coverage`, the un-premultiplied render) give back exactly that z. (A fit
-of `W c` to the whole of `x` would treat the uncovered part as black and then add it again in f: with the sampler's
-own-value background, consistent views would not be a fixed point of `f(g(x), background=x)`.) Two solvers (`fit`):
-
-- "closed_form": `c = b / (A 1)`, i.e. `sum_v W_v^T (coverage_v x_v) / sum_v W_v^T coverage_v`, one backward pass
-  (numerator and denominator are per-view sums, `unproject_sums`). It is the splat colour average
-  `sum_v w_v x_v / sum_v w_v` re-weighted by coverage; it is exact when a pixel's layers carry one colour, and it is
-  the least-squares solution when one layer makes a pixel (K = 1: A is diagonal). It is NOT the least-squares
-  solution where layers with different colours overlap (here: everywhere once K > 1): A is not diagonal there, and
-  its row sums `A 1` only approximate it.
+- "closed_form": `c = b / (A 1)`, one back-projection (numerator and denominator are per-view sums,
+  `unproject_sums`): exact when a pixel's layers carry one colour (K = 1), only approximate where layers with
+  different colours overlap (here: everywhere once K > 1).
 - "iterative": `iterations` steps of Jacobi-preconditioned conjugate gradient on `A c = b`, started from `previous`
   when given (the sampler's warm start) and from the closed form otherwise. Each step costs one projection and one
   back-projection, as a splat fit would; it converges to the least-squares solution (unique when the views

@@ -1,4 +1,4 @@
-"""The wide-image bridge (the paper's 1-to-n crops, reference/synctweedies.md §4.2).
+"""The wide-image bridge: the paper's wide images, a 1-to-n projection by overlapping crops.
 
 The canonical variable `z` is one wide image `[C, h, W]` in the denoiser's space (the paper: a 4x64x384 SD latent,
 i.e. a 512x3072 image). Each view is a square `h x h` window of it, the windows `stride` apart (the paper: every

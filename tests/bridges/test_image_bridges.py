@@ -1,6 +1,6 @@
 """The toy image bridges (wide crops, ambiguous transforms, blended layers) against the Bridge protocol's promises.
 
-What is checked, per projection type (reference/synctweedies.md §3.4):
+What is checked, per projection type (1-to-1, 1-to-n, n-to-1):
 - g inverts f on the canonical elements that views see: exactly for selections (crops, permutations, nearest inner
   rotation, the mean of K equal images); for blended layers the iterative fit reaches the dense least-squares answer
   and the one-pass closed form does not;

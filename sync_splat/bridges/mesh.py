@@ -23,8 +23,8 @@ rasterisation, and with it both f and g, is a fixed linear map built once (`Text
      (a jump flood per view and per step); projecting texels is exact for the view and needs no flood;
   3. weight: `w_i = cos_i^p`, with `cos_i` the cosine between the face normal and the direction to camera i
      (clamped at 0, averaged over a texel's pixels) and `p` an explicit setting: `cos_power` (1) while sampling
-     and `bake_cos_power` (6) for the final RGB bake. (The official code passes p = 0 while sampling, which its
-     `bake_texture` silently turns into 1; docs/official_differences.md.) Numerator `sum_i w_i m_i` and denominator `sum_i w_i`;
+     and `bake_cos_power` (6) for the final RGB bake, the official code's effective values
+     (docs/official_differences.md). Numerator `sum_i w_i m_i` and denominator `sum_i w_i`;
   4. divide, then fill the texels no view sees (outside the charts, or hidden from every camera) with the value of
      the nearest seen texel (`functional.fill`, jump flooding), so bilinear lookups at chart borders and the
      exported image have no holes. Which texels are seen is fixed, so the flood runs once, at construction.

@@ -36,7 +36,8 @@ the reference view of ring attention), then the top and bottom views.
   view's depth is sampled along its rays at the denoiser's image resolution, converted from distance along the ray
   to depth along the optical axis (times the cosine), and turned into normalised inverse depth over all views
   together (near is bright, the farthest point 0), blurred like the official splat conditioning
-  (`sync_splat.functional.depth`). This replaces the official colour-map PNG with uint8 wrap-around (docs/official_differences.md).
+  (`sync_splat.functional.depth`). This replaces the official colour-map PNG with its 8-bit wrap-around
+  (docs/official_differences.md).
 - Export: the RGB equirect PNG, written atomically. `export_decode` chooses how z becomes RGB: "panorama" decodes z
   itself, with the seam padded by wrapped columns so the codec sees it continuous (exact for pixel priors); "views"
   decodes every view `f(z)` at the model's native size and averages the RGB views into the panorama with the same

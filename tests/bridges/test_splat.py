@@ -1,4 +1,5 @@
-"""The splat bridge against its promises (`sync_splat.bridges.splat`), on a 500-Gaussian subsample of the demo teapot, 4 views.
+"""The splat bridge against its promises (`sync_splat.bridges.splat`), on a 500-Gaussian subsample of the demo
+teapot, 4 views.
 
 What is checked:
 - consistency: views that agree with colours c come back as c, and f(g(x), background=x) = x for them, in the RGB

@@ -53,16 +53,36 @@ def psnr(estimate: torch.Tensor, target: torch.Tensor, peak: float = 2.0) -> flo
     return 10 * math.log10(peak**2 / float(((estimate - target) ** 2).mean()))
 
 
+def measured_fov_deg(panorama: PanoramaBridge) -> float:
+    """The views' horizontal field of view as their rays span it. The last column's centre lies half a pixel inside
+    the frame, so `tan(fov / 2) = tan(that column's angle off the axis) * w / (w - 1)`."""
+    camera = torch.einsum("nhwi,nik->nhwk", panorama.view_rays().double(), panorama.axes)  # rays in camera axes
+    tangent = float((camera[..., -1, 0] / camera[..., -1, 2]).mean())
+    width = panorama.instance_shape[-1]
+    return math.degrees(2 * math.atan(tangent * width / (width - 1)))
+
+
 def test_default_views_are_the_papers_ring() -> None:
+    """One ring on the horizon, `views_per_ring` views at equal yaw steps from the front, each sharing a good part
+    of its frame with the next (that is how the ring synchronises all round); view n/2, the ring attention's
+    reference, faces the seam."""
     config = PanoramaBridgeConfig()
-    assert config.view_orientations() == tuple((45.0 * k, 0.0) for k in range(8))
-    assert config.fov_deg == 72.0
     panorama = bridge(config)
-    assert panorama.num_views == 8
-    lon, lat = direction_to_lonlat(panorama.axes[:, :, 2])
-    assert float(lon[4].abs()) == pytest.approx(math.pi)  # view 4, the ring attention's reference, faces the seam
-    assert torch.allclose(lat, torch.zeros(8, dtype=lat.dtype))
     assert isinstance(panorama, Bridge)
+    n = config.views_per_ring
+    assert panorama.num_views == n
+    lon, lat = direction_to_lonlat(panorama.axes[:, :, 2])
+    assert torch.allclose(lat, torch.zeros(n, dtype=lat.dtype))
+    steps = (lon.roll(-1) - lon) % (2 * math.pi)
+    torch.testing.assert_close(steps, torch.full_like(steps, 2 * math.pi / n))
+    assert float(lon[0]) == pytest.approx(0.0, abs=1e-9) and float(lon[n // 2].abs()) == pytest.approx(math.pi)
+
+    tan_half = math.tan(math.radians(measured_fov_deg(panorama)) / 2)
+    rays = panorama.view_rays().double().reshape(n, -1, 3)
+    for k in range(n):
+        camera = rays[(k + 1) % n] @ panorama.axes[k]  # the next view's rays in view k's camera axes
+        inside = (camera[:, 2] > 0) & (camera[:, :2].abs() < tan_half * camera[:, 2:]).all(dim=1)
+        assert float(inside.float().mean()) > 0.25, k
 
 
 def test_full_sphere_views_ring_by_ring_then_poles() -> None:
@@ -74,16 +94,37 @@ def test_full_sphere_views_ring_by_ring_then_poles() -> None:
 
 
 @pytest.mark.parametrize(
-    ("height", "view_size", "expected"),
+    ("height", "view_size", "fov_deg", "native_size", "downsample"),
     [
-        (None, None, (160, 64)),  # the native size; matched: 180 * 64 / 72 rows
-        (64, None, (64, 26)),
-        (None, 20, (50, 20)),
-        (40, 10, (40, 10)),
+        (None, None, 75.0, 64, 1),
+        (None, None, 90.0, 512, 8),
+        (64, None, 72.0, 64, 1),
+        (None, 20, 72.0, 64, 1),
+        (None, 23, 100.0, 64, 1),
+        (40, 10, 72.0, 64, 1),
     ],
 )
-def test_resolution_matches_the_views_angular_resolution(height, view_size, expected) -> None:
-    assert PanoramaBridgeConfig(height=height, view_size=view_size).resolution(native_view_size=64) == expected
+def test_resolution_matches_the_views_angular_resolution(height, view_size, fov_deg, native_size, downsample) -> None:
+    """A texel subtends what a view pixel does on average (the field of view over the view's side), to the nearest
+    whole size; a size that is given is kept, and with neither given the views take the codec's native size."""
+    codec = PixelCodec(native_size=native_size, downsample=downsample)
+    config = PanoramaBridgeConfig(height=height, view_size=view_size, fov_deg=fov_deg, device="cpu")
+    panorama = PanoramaBridge(codec, config)
+    _, rows, columns = panorama.canonical_shape
+    side = panorama.instance_shape[-1]
+    assert columns == 2 * rows and panorama.instance_shape[-2] == side
+    fov = measured_fov_deg(panorama)
+    assert fov == pytest.approx(fov_deg, abs=1e-3)
+    if height is None and view_size is None:
+        assert side == native_size // downsample
+    if view_size is not None:
+        assert side == view_size
+    if height is not None:
+        assert rows == height
+    if height is None:
+        assert abs(rows - 180.0 / (fov / side)) <= 0.5 + 1e-6  # texel degrees 180 / Ht ~ pixel degrees fov / side
+    elif view_size is None:
+        assert abs(side - fov / (180.0 / rows)) <= 0.5 + 1e-6
 
 
 @pytest.mark.parametrize("config", [PanoramaBridgeConfig(), FULL_SPHERE], ids=["ring", "full_sphere"])

@@ -5,13 +5,17 @@ import math
 
 import pytest
 import torch
+from diffusers import DDIMScheduler
 
+from sync_splat.bridges.mesh import MeshBridgeConfig
+from sync_splat.bridges.panorama import PanoramaBridgeConfig
 from sync_splat.conditions import ViewConditions
 from sync_splat.denoisers.base import Denoiser
 from sync_splat.denoisers.prior import GaussianTexturePrior, GaussianTexturePriorConfig
 from sync_splat.denoisers.texture_presets import PRESETS, preset_for_prompt
 from sync_splat.errors import InputError
-from sync_splat.functional.diffusion import NoiseSchedule, add_noise, ddim_step, tweedie
+from sync_splat.functional.diffusion import add_noise, ddim_step, tweedie
+from sync_splat.scene.mesh import MeshAsset
 
 MIXTURES = [name for name, components in PRESETS.items() if len(components) > 1]
 
@@ -267,15 +271,63 @@ def test_chunked_predict_eps_equals_unchunked(monkeypatch: pytest.MonkeyPatch) -
         torch.testing.assert_close(eps_chunked, whole.predict_eps(x_t, t, cond), rtol=0, atol=1e-6)
 
 
-def test_is_a_denoiser() -> None:
-    prior = GaussianTexturePrior.from_prompt("wood")
+def test_is_a_denoiser_whose_native_size_sizes_the_bridges_views() -> None:
+    prior = GaussianTexturePriorConfig(prompt="wood", native_size=48).setup()
     assert isinstance(prior, Denoiser)
-    assert (prior.latent_channels, prior.downsample) == (3, 1)
-    assert isinstance(prior.schedule, NoiseSchedule)
+    rgb01 = torch.rand(2, 3, 20, 28, generator=torch.Generator().manual_seed(0))
+    down = prior.downsample
+    assert prior.encode(rgb01).shape == (2, prior.latent_channels, 20 // down, 28 // down)
+    # The bridges read the view size off the denoiser when their configs leave it open.
+    triangle = MeshAsset.from_arrays(
+        torch.tensor([[-1.0, -1.0, 0.0], [1.0, -1.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([[0, 1, 2]]),
+        torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, 1.0]]), uv_mode="file",
+    )  # fmt: skip
+    for bridge in (
+        PanoramaBridgeConfig(device="cpu").setup(prior),
+        MeshBridgeConfig(device="cpu", azimuths=1, upper_azimuths_deg=()).setup(prior, triangle),
+    ):
+        assert bridge.instance_shape == (prior.latent_channels, 48 // down, 48 // down)
 
 
 def test_config_sets_up_the_prior() -> None:
-    prior = GaussianTexturePriorConfig(prompt="a wood floor", schedule="linear", max_batch=3, native_size=32).setup()
+    prior = GaussianTexturePriorConfig(prompt="a wood floor", max_batch=3, native_size=32).setup()
     assert (prior.name, prior.max_batch, prior.native_size) == ("wood", 3, 32)
-    torch.testing.assert_close(prior.schedule.alphas_cumprod, NoiseSchedule.linear().alphas_cumprod)
-    assert GaussianTexturePriorConfig().setup().schedule.alpha_bar(999) == NoiseSchedule.scaled_linear().alpha_bar(999)
+
+
+# Stable Diffusion 1.5's published scheduler configuration, and the DDPM paper's schedule (diffusers' defaults; x0
+# clipping is a sampler option, not part of the schedule).
+SD15_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    set_alpha_to_one=False, steps_offset=1, clip_sample=False,
+)  # fmt: skip
+DDPM_PAPER_SCHEDULER = dict(beta_schedule="linear", clip_sample=False)
+
+
+@pytest.mark.parametrize(
+    ("config", "reference"),
+    [
+        (GaussianTexturePriorConfig(), SD15_SCHEDULER),
+        (GaussianTexturePriorConfig(schedule="scaled_linear"), SD15_SCHEDULER),
+        (GaussianTexturePriorConfig(schedule="linear"), DDPM_PAPER_SCHEDULER),
+    ],
+    ids=["default", "scaled_linear", "linear"],
+)
+def test_the_configs_schedules_step_as_diffusers_does(config: GaussianTexturePriorConfig, reference: dict) -> None:
+    """DDIM driven by the prior's eps over the prior's schedule takes the steps `diffusers.DDIMScheduler` takes with
+    the schedule the config names: the same timesteps, the same alpha_bar at each and at the end."""
+    prior = config.setup()
+    scheduler = DDIMScheduler(**reference)
+    num_steps = 10
+    scheduler.set_timesteps(num_steps)
+    assert prior.schedule.timesteps(num_steps).tolist() == scheduler.timesteps.tolist()
+    x_t = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    cond = ViewConditions.plain(2)
+    for t in scheduler.timesteps.tolist():
+        eps_hat = prior.predict_eps(x_t, t, cond)
+        expected = scheduler.step(eps_hat, t, x_t)
+        schedule = prior.schedule
+        a, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(schedule.previous_timestep(t, num_steps))
+        x0_hat = tweedie(x_t, eps_hat, a)
+        torch.testing.assert_close(x0_hat, expected.pred_original_sample, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ddim_step(x_t, x0_hat, a, a_prev), expected.prev_sample, atol=1e-5, rtol=1e-5)
+        x_t = expected.prev_sample

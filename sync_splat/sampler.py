@@ -111,7 +111,8 @@ class SamplerState:
         step_index: how many steps have been taken (0 after `init`).
         x_t: [N, C, h, w] instance samples; in canonical cases, the views' own samples where z does not reach.
         z_t: the canonical sample while a canonical case is synchronised, else None.
-        z0_hat: the latest canonical Tweedie estimate g(x0_hat): the live preview and the fit's warm start.
+        z0_hat: the canonical Tweedie estimate g(x0_hat) of the latest step that computed one (every synchronised
+            step of the x0 cases, and every step a preview was asked for): the live preview and the fit's warm start.
         x0_hat: [N, C, h, w] the latest instance Tweedie estimates, after synchronisation.
         rng_state: the generator's state, so a resumed run draws the same noise as an uninterrupted one.
     """
@@ -151,10 +152,11 @@ class SyncSampler:
 
     def __init__(self, denoiser: Denoiser, bridge: Bridge, config: SyncConfig = SYNC_TWEEDIES) -> None:
         config.check()
-        if not bridge.linear and config.aggregate in ("eps", "x_prev"):
+        if not bridge.linear and (config.aggregate in ("eps", "x_prev") or config.state_space == "canonical"):
             raise InputError(
-                f"this bridge's canonical space is not linear in the denoiser's space, so aggregate="
-                f"{config.aggregate!r} (case {config.case_number}) cannot run on it: use case 2 (x0) or 5"
+                f"case {config.case_number} cannot run on this bridge: its canonical space (e.g. RGB splat colours) is "
+                "not the denoiser's space, so noise and noisy samples cannot live or be averaged there; use case 2, "
+                "or a canonical space in the denoiser's space (for splats: --fit.canonical latent)"
             )
         self.denoiser = denoiser
         self.bridge = bridge
@@ -173,7 +175,15 @@ class SyncSampler:
         return t > (1.0 - self.config.sync_until) * self.denoiser.schedule.num_train_timesteps
 
     def init(self, generator: torch.Generator) -> SamplerState:
-        """Draw the initial noise: the bridge's view-consistent noise, or i.i.d. noise per view."""
+        """Draw the initial noise: the bridge's view-consistent noise, or i.i.d. noise per view.
+
+        The generator must live on the CPU: the sampler draws every value there, so a seed gives the same run on
+        any device, and its state goes into checkpoints."""
+        if generator.device.type != "cpu":
+            raise InputError(
+                f"the sampler's generator is on {generator.device}: pass a CPU torch.Generator (values are drawn on "
+                "the CPU and moved, so a seed gives the same run on every device)"
+            )
         z_T, x_T = self.bridge.initial_noise(generator)
         canonical = self.config.state_space == "canonical"
         if not (canonical or self.config.consistent_noise):
@@ -187,8 +197,12 @@ class SyncSampler:
             rng_state=generator.get_state(),
         )
 
-    def step(self, state: SamplerState) -> SamplerState:
-        """Take one reverse step from `state`; returns the next state (the input is not modified)."""
+    def step(self, state: SamplerState, preview: bool = False) -> SamplerState:
+        """Take one reverse step from `state`; returns the next state (the input is not modified).
+
+        g runs once where the step synchronises, and not at all where it does not, unless `preview` asks for the
+        canonical Tweedie estimate `z0_hat` of this step (a live viewer); in cases 1 and 3 the preview is a second g.
+        """
         if state.step_index >= self.num_steps:
             raise ValueError(f"the run is complete: all {self.num_steps} steps were taken")
         generator = torch.Generator().set_state(state.rng_state)
@@ -228,22 +242,17 @@ class SyncSampler:
             # Uncovered pixels go on with their own process; covered ones are re-rendered from z next step.
             x_prev = reverse(x_t, x0_hat)
             x0_hat = f(z0_hat, background=x0_hat)
-        elif aggregate == "eps":
-            eps_sync = f(g(eps_hat), background=eps_hat)
-            x0_hat = tweedie(x_t, eps_sync, alpha_bar)
-            z0_hat = g(x0_hat, previous=state.z0_hat)
-            x_prev = reverse(x_t, x0_hat)
         elif aggregate == "x0":
             z0_hat = g(x0_hat, previous=state.z0_hat)
             x0_hat = f(z0_hat, background=x0_hat)
             x_prev = reverse(x_t, x0_hat)
-        elif aggregate == "x_prev":
-            z0_hat = g(x0_hat, previous=state.z0_hat)
-            x_prev = reverse(x_t, x0_hat)
-            x_prev = f(g(x_prev), background=x_prev)
         else:
-            z0_hat = g(x0_hat, previous=state.z0_hat)
+            if aggregate == "eps":
+                x0_hat = tweedie(x_t, f(g(eps_hat), background=eps_hat), alpha_bar)
             x_prev = reverse(x_t, x0_hat)
+            if aggregate == "x_prev":
+                x_prev = f(g(x_prev), background=x_prev)
+            z0_hat = g(x0_hat, previous=state.z0_hat) if preview else state.z0_hat
 
         return SamplerState(
             step_index=state.step_index + 1,

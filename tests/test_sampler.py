@@ -7,6 +7,7 @@ The identities hold for ANY denoiser, so a cheap nonlinear fake one makes them s
 """
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -268,12 +269,60 @@ def test_bad_settings_are_refused(config: SyncConfig, message: str) -> None:
         SyncSampler(NonlinearDenoiser(), identity_bridge(), config)
 
 
-@pytest.mark.parametrize("case", [1, 3, 4])
-def test_nonlinear_bridges_only_take_x0_cases(case: int) -> None:
+@pytest.mark.parametrize("case", [1, 3, 4, 5])
+def test_nonlinear_bridges_only_take_instance_x0_cases(case: int) -> None:
+    """A canonical space outside the denoiser's (RGB splat colours behind a codec) holds no noise: canonical states
+    and noise or noisy-sample averages cannot live there (case 5 on RGB gave near-black colours)."""
     bridge = identity_bridge()
     bridge.linear = False
-    with pytest.raises(InputError, match="not linear"):
+    with pytest.raises(InputError, match=f"case {case} cannot run.*--fit.canonical latent"):
         SyncSampler(NonlinearDenoiser(), bridge, SyncConfig.case(case))
+    SyncSampler(NonlinearDenoiser(), bridge, SyncConfig.case(2))  # SyncTweedies runs
+
+
+class CountingBridge(DenseLinearBridge):
+    """Counts the calls of g."""
+
+    def __init__(self, projections: torch.Tensor) -> None:
+        super().__init__(projections)
+        self.unprojections = 0
+
+    def unproject(self, x, previous=None):
+        self.unprojections += 1
+        return super().unproject(x, previous)
+
+
+@pytest.mark.parametrize(
+    ("case", "sync_until", "preview", "expected"),
+    [
+        (0, 0.8, False, [0] * 10),  # nothing to synchronise: no g
+        (2, 0.5, False, [1] * 5 + [0] * 5),  # one g per synchronised step, none after the window
+        (1, 1.0, False, [1] * 10),  # the averaged eps only
+        (3, 1.0, False, [1] * 10),  # the averaged x_prev only
+        (5, 0.5, False, [1] * 5 + [0] * 5),
+        (0, 0.8, True, [1] * 10),  # a viewer's preview costs one g per step
+        (2, 0.5, True, [1] * 10),
+    ],
+)
+def test_g_runs_only_where_it_is_needed(case: int, sync_until: float, preview: bool, expected: list[int]) -> None:
+    bridge = CountingBridge(permutation_bridge().P.float())
+    config = replace(SyncConfig.case(case), num_steps=10, sync_until=sync_until)
+    sampler = SyncSampler(NonlinearDenoiser(), bridge, config)
+    state = sampler.init(torch.Generator().manual_seed(0))
+    counts = []
+    while state.step_index < sampler.num_steps:
+        before = bridge.unprojections
+        state = sampler.step(state, preview=preview)
+        counts.append(bridge.unprojections - before)
+    assert counts == expected
+    assert (state.z0_hat is not None) == (preview or case in (2, 5))
+
+
+def test_a_generator_off_the_cpu_is_refused_in_one_line() -> None:
+    sampler = SyncSampler(NonlinearDenoiser(), identity_bridge(), SyncConfig(num_steps=2))
+    on_cuda = SimpleNamespace(device=torch.device("cuda"))  # all init reads first; no CUDA needed to check it
+    with pytest.raises(InputError, match="pass a CPU torch.Generator"):
+        sampler.init(on_cuda)
 
 
 def test_unknown_case_number() -> None:

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from sync_splat.bridges.plumbing import ViewSuffixes, expect_shape
 from sync_splat.bridges.splat_fit import NormalMatrix, SplatLeastSquares
+from sync_splat.bridges.splat_noise import integral_noise
 from sync_splat.codec import Codec
 from sync_splat.conditions import ViewConditions
 from sync_splat.errors import InputError
@@ -37,6 +38,8 @@ from sync_splat.functional.depth import depth_control_image
 from sync_splat.render.gaussians import gaussian_weights
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.gaussians import GaussianScene
+
+SplatNoise = Literal["integral", "sqrt_weights"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class SplatBridgeConfig:
     views_per_shard: int | None = None
     """Views whose weights are stored and summed together (None: all in one); the per-shard sums add up, so shards
     could be split across processes."""
+    noise: SplatNoise = "sqrt_weights"
+    """How the starting noise x_T is made: 'integral', each Gaussian's own fine white noise summed over what each pixel
+    sees of it (white and view-consistent); 'sqrt_weights', one value per Gaussian spread over its pixels with
+    square-root weights (the official construction: consistent but low-pass wherever a Gaussian spans pixels)."""
     antialiased: bool = False
     """gsplat's antialiased rasterisation (for scenes trained with it, e.g. Mip-Splatting); off for Inria scenes."""
     view_suffixes: bool = True
@@ -240,18 +247,24 @@ class GaussianSplatBridge:
         return F.avg_pool2d(alpha, self.downsample) if self.downsample > 1 else alpha.clone()
 
     def initial_noise(self, generator: torch.Generator) -> tuple[Float[Tensor, "G C"], Float[Tensor, "N C h w"]]:
-        """`z_T ~ N(0, I)` and view-consistent, unit-variance `x_T` (module docstring), drawn on `generator`'s
-        device and moved to the scene's."""
-        channels, height, width = self.instance_shape
+        """`z_T ~ N(0, I)` and unit-variance `x_T` that views seeing the same Gaussians share, made as
+        `SplatBridgeConfig.noise` says; drawn on `generator`'s device and moved to the scene's."""
+        system = self.linear_system("instance")
+        channels = self.instance_shape[0]
+        if self.config.noise == "integral":
+            cameras = self.cameras.resized(self.instance_size[1], self.instance_size[0])
+            per_gaussian, x_T = integral_noise(self.scene, cameras, system, channels, generator)
+            if self.config.canonical == "latent":
+                return per_gaussian, x_T
+            z_T = torch.randn(self.canonical_shape, generator=generator, device=generator.device)
+            return z_T.to(self.device, self.dtype), x_T
         z_T = torch.randn(self.canonical_shape, generator=generator, device=generator.device)
         if self.config.canonical == "latent":
             per_gaussian = z_T
         else:
-            per_gaussian = torch.randn(
-                (self.canonical_shape[0], channels), generator=generator, device=generator.device
-            )
+            gaussians = self.canonical_shape[0]
+            per_gaussian = torch.randn((gaussians, channels), generator=generator, device=generator.device)
         independent = torch.randn((self.num_views, *self.instance_shape), generator=generator, device=generator.device)
-        system = self.linear_system("instance")
         shared = system.render_sqrt(per_gaussian.to(self.device, self.dtype))
         x_T = shared + (1 - system.alpha).clamp_min(0).sqrt() * independent.to(self.device, self.dtype)
         return z_T.to(self.device, self.dtype), x_T

@@ -196,6 +196,17 @@ class SplatLeastSquares:
             (pixels, self.num_gaussians),
         )  # fmt: skip
 
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every weight as `(gaussian, pixel, value)`, `pixel` flat over all views (`view * h * w + row * w + col`),
+        ordered by Gaussian, then pixel within each shard."""
+        gaussians, pixels, values = [], [], []
+        for shard in self.shards:
+            crow = shard.transposed.crow_indices().long()
+            gaussians.append(torch.repeat_interleave(torch.arange(self.num_gaussians, device=self.device), crow.diff()))
+            pixels.append(shard.transposed.col_indices().long() + shard.first * self.height * self.width)
+            values.append(shard.transposed.values())
+        return torch.cat(gaussians), torch.cat(pixels), torch.cat(values)
+
     def back_project_with_product(
         self, images: Float[Tensor, "N C h w"], features: Float[Tensor, "G C"]
     ) -> tuple[Float[Tensor, "G C"], Float[Tensor, "G C"]]:

@@ -528,7 +528,7 @@ def sampled_inconsistency(case: int, canonical: str) -> float:
 
 
 @pytest.mark.parametrize(
-    ("case", "canonical"), [(2, "rgb"), (5, "rgb"), (2, "latent"), (3, "latent"), (4, "latent"), (5, "latent")]
+    ("case", "canonical"), [(2, "rgb"), (2, "latent"), (3, "latent"), (4, "latent"), (5, "latent")]
 )
 def test_synchronised_sampling_makes_views_agree(case: int, canonical: str) -> None:
     """Synchronised views are at least 4x closer to agreeing than independent ones (measured: 0.34 independent,
@@ -544,9 +544,11 @@ def test_synchronised_sampling_makes_views_agree(case: int, canonical: str) -> N
     assert sampled_inconsistency(case, canonical) < 0.25 * independent
 
 
-def test_the_sampler_refuses_eps_cases_on_the_rgb_canonical() -> None:
-    with pytest.raises(InputError, match="case 1"):
-        SyncSampler(prior(), make_bridge(), SyncConfig.case(1))
+@pytest.mark.parametrize("case", [1, 3, 4, 5])
+def test_the_sampler_refuses_all_but_case_2_on_the_rgb_canonical(case: int) -> None:
+    """RGB colours behind a codec are no diffusion space: case 5 there returned near-black colours."""
+    with pytest.raises(InputError, match=f"case {case} cannot run.*--fit.canonical latent"):
+        SyncSampler(prior(), make_bridge(), SyncConfig.case(case))
 
 
 def test_restyled_scene_shares_the_source_geometry() -> None:

@@ -1,0 +1,296 @@
+"""The fidelity oracle: do synchronised samples look like exact samples of the prior, in the views the sampler
+denoised and in views it never saw?
+
+`GaussianTexturePrior` knows the true distribution of every view. For each product bridge (splats: the demo teapot
+and the Mip-Splatting donut; a mesh: the clutch bag; panoramas: from text and from a depth map) and the wide-image
+bridge as a control (its crops copy canonical pixels, so it must match the prior exactly), for texture presets of
+different structure (marble: isotropic; stripes: oriented; camouflage: a mixture) and a few seeds, it runs the
+sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, through the same masks:
+
+- std: the standard deviation of the delivered views' covered pixels over that of exact prior samples (contrast);
+- b1..b4: the power in four radial frequency bands over the prior's (detail; b4 is the finest);
+- held-out std and worst band: the same on views the sampler never used, rendered from the final canonical answer
+  (cameras between the instance cameras);
+- mix: for mixtures, the largest gap between how often each component wins under the noise-aware posterior and the
+  prior's weight;
+- fit dB: PSNR between the last instance views and the final answer's renders on covered pixels (low: the views
+  disagreed and the canonical answer averaged them);
+- lag1: the largest lag-1 correlation of the starting noise x_T over covered neighbouring pixels (white: ~0);
+- shared: for splats, the correlation of x_T at the same surface point seen by two views (consistency).
+
+Each ratio r counts as max(r, 1/r). The last line is
+`RESULT worst_std_ratio=<x> worst_band_ratio=<x> heldout_worst_std_ratio=<x> noise_lag1=<x>` over the product
+bridges (the control is reported in its own columns and in `control_worst_ratio`).
+
+    python scripts/bench_fidelity.py [--presets marble stripes camouflage] [--seeds 3] [--steps 30]
+    python scripts/bench_fidelity.py --splat-noise sqrt_weights integral independent   # compare starting noises
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+import tyro
+from shared_fixtures import find_fixture
+from torch import Tensor
+
+from sync_splat.apps.paint_panorama import PanoramaConfig
+from sync_splat.apps.restyle import orbit_cameras
+from sync_splat.bridges.base import Bridge
+from sync_splat.bridges.mesh import MeshBridgeConfig
+from sync_splat.bridges.splat import SplatBridgeConfig
+from sync_splat.denoisers.prior import GaussianTexturePrior, GaussianTexturePriorConfig
+from sync_splat.errors import InputError, one_line_errors
+from sync_splat.sampler import SyncConfig, SyncSampler
+from sync_splat.scene.cameras import Cameras
+from sync_splat.scene.demo import make_demo_scene
+from sync_splat.scene.gaussians import GaussianScene
+from sync_splat.scene.mesh import MeshAsset
+from sync_splat.studies.fidelity import band_powers, component_fractions, lag_correlation, masked_std
+from sync_splat.studies.wide_image import WideImageBridge
+
+StartingNoise = Literal["integral", "sqrt_weights", "independent"]
+"""The splat bridge's constructions, and i.i.d. noise per view (the sampler's `consistent_noise=False`)."""
+PRODUCT_BRIDGES = ("splat-demo", "splat-donut", "mesh-clutch", "panorama-text", "panorama-depth")
+CONTROL = "wide-control"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One bridge to measure: the instance bridge, a held-out bridge on the same canonical space, and (splats) the
+    pairs of pixels that see the same surface point in two views."""
+
+    name: str
+    instance: Bridge
+    held_out: Bridge
+
+
+@dataclass(frozen=True)
+class Row:
+    """The statistics of one bridge, preset and starting noise, over all seeds."""
+
+    bridge: str
+    preset: str
+    noise: str
+    std: float
+    bands: tuple[float, ...]
+    held_out_std: float
+    held_out_bands: tuple[float, ...]
+    mix: float | None
+    fit_db: float
+    lag1: float
+    shared: float | None
+
+    def worst_band(self, held_out: bool = False) -> float:
+        return max(symmetric(r) for r in (self.held_out_bands if held_out else self.bands))
+
+
+def symmetric(ratio: float) -> float:
+    """max(r, 1/r): how far a ratio is from 1, either way."""
+    return max(ratio, 1.0 / ratio) if ratio > 0 else math.inf
+
+
+def turned(cameras: Cameras, centre: Tensor, degrees: float) -> Cameras:
+    """The cameras turned by `degrees` about the vertical (y) axis through `centre`."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    rotation = torch.eye(4)
+    rotation[:3, :3] = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    shift, back = torch.eye(4), torch.eye(4)
+    shift[:3, 3], back[:3, 3] = -centre.float(), centre.float()
+    return Cameras(back @ rotation @ shift @ cameras.c2w, cameras.Ks, cameras.width, cameras.height)
+
+
+def depth_room(height: int = 64) -> Tensor:
+    """A 360-degree depth map of a 4 x 3 x 5 m box room seen from 1.2 m above its floor, off-centre (distance per
+    direction, equirectangular, `[height, 2 height]`)."""
+    from sync_splat.functional.equirect import equirect_directions
+
+    d = equirect_directions(height, dtype=torch.float64)  # [H, W, 3], y down (OpenCV-like)
+    half = torch.tensor([2.0, 1.5, 2.5], dtype=torch.float64)
+    offset = torch.tensor([0.5, 0.3, -0.7], dtype=torch.float64)
+    walls = torch.where(d > 0, half - offset, -half - offset)  # signed distance to the wall along each axis
+    with torch.no_grad():
+        distances = (walls / torch.where(d.abs() > 1e-9, d, torch.full_like(d, 1e-9))).abs()
+    return distances.min(dim=-1).values.float()
+
+
+@dataclass(frozen=True)
+class FidelityBench:
+    """Compare synchronised samples with exact samples of the prior, for every product bridge and a control."""
+
+    bridges: tuple[str, ...] = (*PRODUCT_BRIDGES, CONTROL)
+    """Which settings to run: splat-demo, splat-donut, mesh-clutch, panorama-text, panorama-depth, wide-control."""
+    presets: tuple[str, ...] = ("marble", "stripes", "camouflage")
+    """Texture presets of the prior (isotropic, oriented, mixture)."""
+    seeds: int = 3
+    """Runs per bridge and preset."""
+    steps: int = 30
+    """DDIM steps per run (the product's default)."""
+    size: int = 64
+    """The prior's native view size in pixels."""
+    splat_views: int = 8
+    """Orbit views of the splat scenes (plus one from the top), as `sync-splat restyle`."""
+    splat_noise: tuple[StartingNoise, ...] = ("integral",)
+    """Starting-noise constructions of the splat bridge to compare (the first is the product's default)."""
+    prior_samples: int = 64
+    """Exact prior samples that set the reference statistics."""
+    threads: int | None = None
+    """torch CPU threads (None: torch's default)."""
+
+    def main(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        unknown = set(self.bridges) - {*PRODUCT_BRIDGES, CONTROL}
+        if unknown:
+            raise InputError(f"--bridges: unknown {sorted(unknown)}; choose from {[*PRODUCT_BRIDGES, CONTROL]}")
+        if self.seeds < 1 or self.steps < 1 or self.size < 8 or self.prior_samples < 2:
+            raise InputError("--seeds, --steps must be at least 1, --size at least 8, --prior-samples at least 2")
+        start = time.perf_counter()
+        rows = []
+        for preset in self.presets:
+            prior = GaussianTexturePriorConfig(prompt=preset, native_size=self.size, max_batch=64).setup()
+            for name in self.bridges:
+                noises = self.splat_noise if name.startswith("splat") else ("default",)
+                for noise in noises:
+                    rows.append(self.measure(prior, preset, name, noise))
+                    print(self.format_row(rows[-1]), flush=True)
+        print()
+        print(self.table(rows))
+        print(self.result(rows, time.perf_counter() - start))
+
+    # ---- settings -----------------------------------------------------------------------------------------------
+
+    def setting(self, prior: GaussianTexturePrior, name: str, noise: str) -> Setting:
+        if name.startswith("splat"):
+            scene = make_demo_scene() if name == "splat-demo" else GaussianScene.load(fixture("donut_mipsplatting.ply"))
+            cameras = orbit_cameras(scene, self.splat_views, prior.native_size, 50.0)
+            config = SplatBridgeConfig(noise="sqrt_weights" if noise == "independent" else noise)
+            centre, _ = scene.bounding_sphere(trim=0.01)
+            ring = Cameras.orbit_rig(
+                centre, scene.bounding_sphere(trim=0.01)[1], num_azimuths=self.splat_views, elevations_deg=(35.0,),
+                top_views=0, fov_deg=50.0, size=(cameras.width, cameras.height),
+            )  # fmt: skip
+            held_out = turned(ring, centre, 180.0 / self.splat_views)
+            return Setting(name, config.setup(prior, scene, cameras), config.setup(prior, scene, held_out))
+        if name == "mesh-clutch":
+            mesh = MeshAsset.load(fixture("clutch_bag.obj"))
+            config = MeshBridgeConfig(device="cpu")
+            held_out = replace(config, azimuths=7, elevation_deg=15.0, upper_azimuths_deg=(90.0,))
+            return Setting(name, config.setup(prior, mesh), held_out.setup(prior, mesh))
+        if name.startswith("panorama"):
+            config = replace(PanoramaConfig(prompt=prior.name).bridge_config(), device="cpu")
+            depth = depth_room() if name == "panorama-depth" else None
+            held_out = replace(config, elevations_deg=(20.0, -25.0), views_per_ring=5, pole_views=False)
+            return Setting(name, config.setup(prior, depth), held_out.setup(prior, depth))
+        size = prior.native_size
+        return Setting(
+            name, WideImageBridge(3, size, 3 * size, stride=size), WideImageBridge(3, size, 3 * size, stride=size // 3)
+        )
+
+    # ---- one measurement ----------------------------------------------------------------------------------------
+
+    def measure(self, prior: GaussianTexturePrior, preset: str, name: str, noise: str) -> Row:
+        setting = self.setting(prior, name, noise)
+        bridge, held_out = setting.instance, setting.held_out
+        sampler = SyncSampler(prior, bridge, SyncConfig(num_steps=self.steps, consistent_noise=noise != "independent"))
+        mask = bridge.coverage().cpu() > 0.99
+        held_out_mask = held_out.coverage().cpu() > 0.99
+        views, held_out_views, last_views, starts, finals = [], [], [], [], []
+        for seed in range(self.seeds):
+            state = sampler.init(torch.Generator().manual_seed(seed))
+            starts.append(state.x_t.cpu())
+            while state.step_index < sampler.num_steps:
+                state = sampler.step(state)
+            result = sampler.finish(state)
+            last_views.append(state.x_t.cpu())
+            views.append(result.x.cpu())
+            finals.append(bridge.project(result.z).cpu())
+            held_out_views.append(held_out.project(result.z).cpu())
+        reference = prior.sample(self.prior_samples, *bridge.instance_shape[1:], torch.Generator().manual_seed(1234))
+        held_out_reference = prior.sample(
+            self.prior_samples, *held_out.instance_shape[1:], torch.Generator().manual_seed(4321)
+        )
+        views_t, held_out_t = torch.cat(views), torch.cat(held_out_views)
+        masks, held_out_masks = mask.repeat(self.seeds, 1, 1, 1), held_out_mask.repeat(self.seeds, 1, 1, 1)
+        std, bands = self.ratios(views_t, masks, reference)
+        held_out_std, held_out_bands = self.ratios(held_out_t, held_out_masks, held_out_reference)
+        mix = None
+        if prior.num_components > 1:
+            fractions = component_fractions(prior, views_t)
+            mix = float((fractions - prior.weights.double()).abs().max())
+        covered = masks.expand_as(views_t)
+        error = (torch.cat(last_views) - torch.cat(finals))[covered].double().square().mean()
+        fit_db = float(10 * torch.log10(4.0 / error)) if error > 0 else math.inf  # peak-to-peak 2 in [-1, 1]
+        lag1 = lag_correlation(torch.cat(starts), masks)
+        return Row(name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, None)
+
+    @staticmethod
+    def ratios(x: Tensor, masks: Tensor, reference: Tensor) -> tuple[float, tuple[float, ...]]:
+        """Std and band-power ratios of `x` over the prior samples `reference`, the samples seen through the same
+        masks (cycled)."""
+        chosen = torch.arange(reference.shape[0]) % masks.shape[0]
+        reference_masks = masks[chosen]
+        std = masked_std(x, masks) / masked_std(reference, reference_masks)
+        bands = band_powers(x, masks) / band_powers(reference, reference_masks)
+        return std, tuple(float(b) for b in bands)
+
+    # ---- output -------------------------------------------------------------------------------------------------
+
+    HEADER = (
+        "| bridge | preset | noise | std | b1 | b2 | b3 | b4 | held-out std | held-out worst band | mix | fit dB | "
+        "lag1 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+
+    @staticmethod
+    def format_row(row: Row) -> str:
+        bands = " | ".join(f"{b:.2f}" for b in row.bands)
+        mix = "-" if row.mix is None else f"{row.mix:.2f}"
+        return (
+            f"| {row.bridge} | {row.preset} | {row.noise} | {row.std:.2f} | {bands} | {row.held_out_std:.2f} | "
+            f"{row.worst_band(held_out=True):.2f} | {mix} | {row.fit_db:.1f} | {row.lag1:.3f} |"
+        )
+
+    def table(self, rows: list[Row]) -> str:
+        return "\n".join([self.HEADER, *(self.format_row(row) for row in rows)])
+
+    def result(self, rows: list[Row], seconds: float) -> str:
+        default = self.splat_noise[0]
+        product = [r for r in rows if r.bridge != CONTROL and r.noise in (default, "default")]
+        control = [r for r in rows if r.bridge == CONTROL]
+
+        def worst(values: list[float]) -> float:
+            return max(values) if values else float("nan")
+
+        control_worst = worst([max(symmetric(r.std), r.worst_band()) for r in control])
+        return (
+            f"RESULT worst_std_ratio={worst([symmetric(r.std) for r in product]):.4f} "
+            f"worst_band_ratio={worst([r.worst_band() for r in product]):.4f} "
+            f"heldout_worst_std_ratio={worst([symmetric(r.held_out_std) for r in product]):.4f} "
+            f"noise_lag1={worst([r.lag1 for r in product]):.4f} "
+            f"control_worst_ratio={control_worst:.4f} seconds={seconds:.1f}"
+        )
+
+
+def fixture(name: str):  # noqa: ANN201
+    path = find_fixture(name)
+    if path is None:
+        raise InputError(
+            f"the fixture {name} is in none of $SYNC_SPLAT_FIXTURES, <repo>/shared/fixtures, <repo>/../shared/fixtures,"
+            " /work/shared/fixtures: point $SYNC_SPLAT_FIXTURES at its folder or leave that bridge out (--bridges)"
+        )
+    return path
+
+
+def entrypoint(args: list[str] | None = None, runner: Callable[[FidelityBench], None] = FidelityBench.main) -> None:
+    settings = tyro.cli(FidelityBench, args=args)
+    with one_line_errors("bench_fidelity"):
+        runner(settings)
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -52,7 +52,7 @@ DEFAULT_NEGATIVE_PROMPT = "oversmoothed, blurry, depth of field, out of focus, l
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _T = TypeVar("_T")
-_WARNINGS_SHOWN: dict = {}  # the registry of warnings passed on from model loading, so each shows once
+_WARNINGS_SHOWN: dict[Any, Any] = {}  # the registry of warnings passed on from model loading, so each shows once
 
 
 @dataclass(frozen=True)
@@ -288,15 +288,10 @@ class StableDiffusionDenoiser:
                 "(epsilon, v_prediction or sample)"
             )
         if config.controlnet is not None:
-            # Its config is found (or not) before the weights of the base model are read, which takes a while.
+            # Found (or not) before the base model's weights are read, which takes a while.
             cn_where, cn_local = _locate(config.controlnet, "ControlNet", (".",))
-            cn_weights = {**weights, "local_files_only": cn_local or local_only}
-            _load(
-                "ControlNet",
-                config.controlnet,
-                cn_local,
-                lambda: ControlNetModel.load_config(cn_where, local_files_only=cn_weights["local_files_only"]),
-            )
+            cn_common: dict[str, Any] = {"local_files_only": cn_local or local_only}
+            _load("ControlNet", config.controlnet, cn_local, lambda: ControlNetModel.load_config(cn_where, **cn_common))
 
         def model_part(cls: Any, subfolder: str, dtype: torch.dtype) -> Any:
             return _load_weights(
@@ -325,7 +320,7 @@ class StableDiffusionDenoiser:
                 config.controlnet,
                 cn_local,
                 lambda variant: ControlNetModel.from_pretrained(
-                    cn_where, torch_dtype=self.dtype, variant=variant, **cn_weights
+                    cn_where, torch_dtype=self.dtype, variant=variant, use_safetensors=True, **cn_common
                 ),
                 config.variant,
             )

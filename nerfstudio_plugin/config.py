@@ -3,7 +3,8 @@
 pyproject.toml declares `[project.entry-points."nerfstudio.method_configs"] sync-splat =
 "nerfstudio_plugin.config:sync_splat"`; nerfstudio registers the method under `sync_splat.config.method_name`.
 The config is built from scratch: importing `nerfstudio.configs.method_configs` here (to copy splatfacto's)
-would be a circular import when this module is imported first (notes §1).
+would be a circular import when this module is imported first: that module loads every plugin's entry point,
+this one included, while it is being built.
 
     ns-train sync-splat --data DATA --pipeline.source outputs/.../config.yml --pipeline.prompt "a marble statue"
     ns-train sync-splat --pipeline.source scene.ply --pipeline.denoiser prior --pipeline.prompt wood

@@ -20,6 +20,7 @@ Conventions: docs/conventions.md. Nerfstudio cameras are OpenGL; they are conver
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import tyro
 from jaxtyping import Float
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.cameras import Cameras as NerfstudioCameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
@@ -42,13 +45,107 @@ from sync_splat.scene.gaussians import SH_C0, GaussianScene
 _LOGIT_EPS = 1e-6
 
 
+_SPLATFACTO = SplatfactoModelConfig()
+_IGNORED = "sync_splat_ignored"
+"""Field metadata key: why `SyncSplatModel` ignores (or overwrites) a setting it inherits from splatfacto."""
+
+_FROZEN = "the geometry is frozen: nothing is densified, split, culled or reset"
+_FROM_SOURCE = "the Gaussians, their count and SH degree come from --pipeline.source"
+_NOT_TRAINED = "nothing is optimised: the colours come from the sampler, not from a loss"
+_NO_RAYS = "Gaussians are rendered per camera, no rays are cast"
+
+
+def _ignored(name: str, why: str) -> Any:
+    """A re-declared splatfacto field that `SyncSplatModel` ignores: splatfacto's default, marked with the reason.
+
+    The default is read from splatfacto so that a run's config.yml, which holds the defaults, still loads."""
+    return field(default_factory=lambda: copy.deepcopy(getattr(_SPLATFACTO, name)), metadata={_IGNORED: why})
+
+
 @dataclass
 class SyncSplatModelConfig(SplatfactoModelConfig):
-    """Settings of the sync-splat model. Geometry and SH degree come from the pipeline's source scene."""
+    """Settings of the sync-splat model. Geometry and SH degree come from the pipeline's source scene.
+
+    Splatfacto's settings of training (densification, losses, schedules, random initialisation, camera and
+    colour optimisation) do nothing here. They are re-declared as `tyro.conf.Suppress`, so `ns-train sync-splat
+    --help` does not list them and its command line refuses them; `check_settings`, run when training starts,
+    refuses in one line a config file (--load-config) that changes one. What is left does something:
+    `background_color`, `rasterize_mode`, `color_corrected_metrics` (ns-eval) and `prompt` (nerfstudio's --prompt).
+    """
 
     _target: type = field(default_factory=lambda: SyncSplatModel)
-    num_downscales: int = 0
-    """Evaluation images are compared at full resolution: nothing is trained coarse to fine."""
+
+    enable_collider: tyro.conf.Suppress[bool] = _ignored("enable_collider", _NO_RAYS)
+    collider_params: tyro.conf.Suppress[dict[str, float] | None] = _ignored("collider_params", _NO_RAYS)
+    loss_coefficients: tyro.conf.Suppress[dict[str, float]] = _ignored("loss_coefficients", _NOT_TRAINED)
+    eval_num_rays_per_chunk: tyro.conf.Suppress[int] = _ignored("eval_num_rays_per_chunk", _NO_RAYS)
+
+    warmup_length: tyro.conf.Suppress[int] = _ignored("warmup_length", _FROZEN)
+    refine_every: tyro.conf.Suppress[int] = _ignored("refine_every", _FROZEN)
+    reset_alpha_every: tyro.conf.Suppress[int] = _ignored("reset_alpha_every", _FROZEN)
+    cull_alpha_thresh: tyro.conf.Suppress[float] = _ignored("cull_alpha_thresh", _FROZEN)
+    cull_scale_thresh: tyro.conf.Suppress[float] = _ignored("cull_scale_thresh", _FROZEN)
+    cull_screen_size: tyro.conf.Suppress[float] = _ignored("cull_screen_size", _FROZEN)
+    densify_grad_thresh: tyro.conf.Suppress[float] = _ignored("densify_grad_thresh", _FROZEN)
+    use_absgrad: tyro.conf.Suppress[bool] = _ignored("use_absgrad", _FROZEN)
+    densify_size_thresh: tyro.conf.Suppress[float] = _ignored("densify_size_thresh", _FROZEN)
+    n_split_samples: tyro.conf.Suppress[int] = _ignored("n_split_samples", _FROZEN)
+    split_screen_size: tyro.conf.Suppress[float] = _ignored("split_screen_size", _FROZEN)
+    stop_screen_size_at: tyro.conf.Suppress[int] = _ignored("stop_screen_size_at", _FROZEN)
+    stop_split_at: tyro.conf.Suppress[int] = _ignored("stop_split_at", _FROZEN)
+
+    random_init: tyro.conf.Suppress[bool] = _ignored("random_init", _FROM_SOURCE)
+    num_random: tyro.conf.Suppress[int] = _ignored("num_random", _FROM_SOURCE)
+    random_scale: tyro.conf.Suppress[float] = _ignored("random_scale", _FROM_SOURCE)
+    sh_degree: tyro.conf.Suppress[int] = _ignored("sh_degree", _FROM_SOURCE)
+
+    num_downscales: tyro.conf.Suppress[int] = field(
+        default=0, metadata={_IGNORED: "views are rendered and compared at full resolution"}
+    )
+    resolution_schedule: tyro.conf.Suppress[int] = _ignored(
+        "resolution_schedule", "views are rendered and compared at full resolution"
+    )
+    sh_degree_interval: tyro.conf.Suppress[int] = _ignored(
+        "sh_degree_interval", "every SH degree of the source is rendered from the start"
+    )
+    output_depth_during_training: tyro.conf.Suppress[bool] = _ignored(
+        "output_depth_during_training", "depth is always rendered"
+    )
+    ssim_lambda: tyro.conf.Suppress[float] = _ignored("ssim_lambda", _NOT_TRAINED)
+    use_scale_regularization: tyro.conf.Suppress[bool] = _ignored("use_scale_regularization", _NOT_TRAINED)
+    max_gauss_ratio: tyro.conf.Suppress[float] = _ignored("max_gauss_ratio", _NOT_TRAINED)
+    camera_optimizer: tyro.conf.Suppress[CameraOptimizerConfig] = _ignored(
+        "camera_optimizer", "the cameras are not optimised"
+    )
+    use_bilateral_grid: tyro.conf.Suppress[bool] = _ignored("use_bilateral_grid", "no colour correction is learned")
+    grid_shape: tyro.conf.Suppress[tuple[int, int, int]] = _ignored("grid_shape", "no colour correction is learned")
+
+    def check_settings(self) -> None:
+        """Refuse a setting that would be ignored (set from a config file or in Python: the command line does not
+        offer them), rather than run as if it applied."""
+        defaults = SyncSplatModelConfig()
+        for setting in dataclasses.fields(self):
+            why = setting.metadata.get(_IGNORED)
+            if why is None or getattr(self, setting.name) == getattr(defaults, setting.name):
+                continue
+            name, value, default = _first_difference(
+                f"pipeline.model.{setting.name}", getattr(self, setting.name), getattr(defaults, setting.name)
+            )
+            raise InputError(
+                f"{name} is {value!r}, but sync-splat ignores it ({why}): remove it from the config or set it back "
+                f"to {default!r}"
+            )
+
+
+def _first_difference(name: str, value: Any, default: Any) -> tuple[str, Any, Any]:
+    """The first field, by dotted name, where two different values of a (nested) config differ."""
+    if dataclasses.is_dataclass(value) and type(value) is type(default):
+        for inner in dataclasses.fields(value):
+            if getattr(value, inner.name) != getattr(default, inner.name):
+                return _first_difference(
+                    f"{name}.{inner.name}", getattr(value, inner.name), getattr(default, inner.name)
+                )
+    return name, value, default
 
 
 class SyncSplatModel(SplatfactoModel):

@@ -28,9 +28,7 @@ mid-run may leave steps for `--load-dir` to finish, and once the loop is over th
 
 from __future__ import annotations
 
-import contextlib
 import typing
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -47,7 +45,7 @@ from nerfstudio_plugin.datamanager import SyncSplatDatamanagerConfig
 from nerfstudio_plugin.model import SyncSplatModelConfig
 from sync_splat.apps.restyle import RestyleConfig, orbit_cameras
 from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
-from sync_splat.errors import InputError
+from sync_splat.errors import InputError, one_line_errors
 from sync_splat.sampler import SamplerState, SyncSampler
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.gaussians import GaussianScene
@@ -100,7 +98,7 @@ class SyncSplatPipeline(VanillaPipeline):
         grad_scaler: torch.cuda.amp.GradScaler | None = None,
     ) -> None:
         Pipeline.__init__(self)  # not VanillaPipeline's: the model is built from the source, not seed points
-        with _one_line_errors():
+        with one_line_errors("sync-splat"):
             self._setup(config, device, test_mode, world_size, local_rank, grad_scaler)
 
     def _setup(
@@ -116,6 +114,8 @@ class SyncSplatPipeline(VanillaPipeline):
             raise InputError("sync-splat runs on one device: drop --machine.num-devices")
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise InputError("--machine.device-type cuda, but torch finds no CUDA device: drop the flag to use the CPU")
+        if test_mode == "val":  # training; ns-render and ns-eval read a trained run and set some settings themselves
+            config.model.check_settings()
         if config.source is None:
             raise InputError(
                 "--pipeline.source is missing: pass the scene to restyle (a splatfacto run's config.yml, its .ckpt, "
@@ -415,7 +415,7 @@ class SyncSplatPipeline(VanillaPipeline):
 
     def load_pipeline(self, loaded_state: dict[str, Any], step: int) -> None:
         """Load a checkpoint: the model's colours and this pipeline's extra state (nothing else is saved)."""
-        with _one_line_errors():
+        with one_line_errors("sync-splat"):
             super().load_pipeline(loaded_state, step)
             if not torch.equal(self.model.means, self._source.means.to(self.model.means)):
                 raise InputError(
@@ -444,13 +444,3 @@ def _oriented_for(cameras: Cameras, scene: GaussianScene, fit: SplatBridgeConfig
         return fit
     front = front / front.norm()
     return replace(fit, up=tuple(up.tolist()), front=tuple(front.tolist()))
-
-
-@contextlib.contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """A user's mistake (`InputError`) ends ns-train with one line and status 2, not a traceback (DESIGN.md §8)."""
-    try:
-        yield
-    except InputError as error:
-        CONSOLE.print(f"[bold red]sync-splat: error:[/bold red] {error}", soft_wrap=True)
-        raise SystemExit(2) from None

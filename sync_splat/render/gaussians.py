@@ -35,7 +35,9 @@ is the non-zero weights (about 24 bytes each).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -107,7 +109,7 @@ def render_gaussians(
         width, height: the image size W x H.
         backend: "gsplat" (`gsplat.rasterization`; CUDA tensors only), "torch" (the pure-torch compositor, any
             device, differentiable w.r.t. `features` only) or "auto" (gsplat for CUDA tensors when it works,
-            otherwise torch).
+            otherwise torch, with one RuntimeWarning per process if gsplat is installed but broken).
         near_plane, far_plane: Gaussians whose centre's camera depth lies outside are culled.
         eps2d: the blur added to every 2D covariance, in pixels^2.
         antialiased: gsplat's "antialiased" mode (opacity compensation for the blur).
@@ -428,13 +430,34 @@ def _render_gsplat(
 
 @functools.cache
 def _gsplat_works() -> bool:
-    """Whether gsplat imports and has its CUDA kernels (it prints a notice and disables itself without a CUDA
-    toolkit; a first call may JIT-compile them)."""
+    """Whether gsplat imports with its CUDA kernels, for `backend="auto"` on CUDA tensors; decided once per process.
+
+    No CUDA device, or gsplat not installed, is the expected CPU setup and stays quiet. gsplat installed on a CUDA
+    machine but unusable (its kernels fail to import or JIT-compile, or it found no CUDA toolkit to build them and
+    disabled itself) warns once, naming the failure: the pure-torch compositor that takes over is correct but far
+    slower on large scenes.
+    """
+    if not torch.cuda.is_available() or importlib.util.find_spec("gsplat") is None:
+        return False
     try:
         from gsplat.cuda._backend import _C
-    except Exception:
+    except Exception as error:  # a failed JIT build raises RuntimeError, a broken wheel ImportError or OSError
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        _warn_torch_fallback(f"importing gsplat's CUDA kernels failed ({type(error).__name__}: {first_line})")
         return False
-    return _C is not None
+    if _C is None:
+        _warn_torch_fallback("gsplat has no CUDA kernels (it found no CUDA toolkit, nvcc, to compile them)")
+        return False
+    return True
+
+
+def _warn_torch_fallback(reason: str) -> None:
+    warnings.warn(
+        f"render_gaussians: {reason}; falling back to the pure-torch renderer, much slower on large scenes "
+        "(reinstall gsplat 1.4.0 where a CUDA toolkit is present for the fast path)",
+        RuntimeWarning,
+        stacklevel=4,  # the caller of render_gaussians
+    )
 
 
 def _check_inputs(

@@ -84,11 +84,8 @@ def read_splatfacto_checkpoint(path: str | os.PathLike[str]) -> GaussianScene:
         raise InputError(f"{path}: no such checkpoint: pass an existing splatfacto .ckpt")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as err:  # torch raises many types for a bad file; all mean the same to the user
-        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        reason = f"it is truncated or not a PyTorch checkpoint: {detail}"
-        if "weights_only" in str(err) or "Weights only load failed" in str(err):
-            reason = "it holds Python objects besides tensors, which sync-splat never unpickles"
+    except Exception as err:  # torch raises many types for a bad file; the file itself says which case it is
+        reason = _unreadable_checkpoint_reason(path, err)
         raise InputError(f"{path}: cannot read the checkpoint ({reason}): pass a splatfacto checkpoint") from None
     state = checkpoint.get("pipeline", checkpoint) if isinstance(checkpoint, dict) else None
     state = state if isinstance(state, dict) else {}
@@ -135,3 +132,36 @@ def read_splatfacto_checkpoint(path: str | os.PathLike[str]) -> GaussianScene:
         sh=torch.cat([sh_dc[:, None], rest], dim=1),
         source=path,
     )
+
+
+# A torch.save file is a zip archive (torch >= 1.6: local file headers first, the table of contents at the end)
+# or, in the legacy format, pickles of protocol 2 or later (opcode PROTO, 0x80, then the protocol number).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOLS = {bytes([0x80, protocol]) for protocol in range(2, 6)}
+# What torch's weights-only unpickler says when a well-formed pickle names a class or function it does not allow.
+_DISALLOWED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global")
+
+
+def _unreadable_checkpoint_reason(path: Path, err: Exception) -> str:
+    """Why `torch.load(weights_only=True)` failed, told from the file's structure first: torch reports random bytes
+    with the same "Weights only load failed" preamble as a checkpoint holding a pickled object."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(4)
+    except OSError as os_err:
+        return f"it cannot be opened: {os_err.strerror or os_err}"
+    if not head:
+        return "the file is empty"
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and head != _ZIP_MAGIC and head[:2] not in _PICKLE_PROTOCOLS:
+        return f"it is not a PyTorch checkpoint: neither a zip archive nor a pickle, it starts with {head!r}"
+    if not is_zip and head == _ZIP_MAGIC:
+        return "it is truncated: a zip archive cut short, its table of contents (at the end) is missing"
+    if disallowed := _DISALLOWED_GLOBAL.search(str(err)):
+        return f"it holds Python objects besides tensors ({disallowed.group(1)}), which sync-splat never unpickles"
+    if is_zip:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+                return "it is a zip archive without data.pkl, not a PyTorch checkpoint"
+    detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return f"it is damaged or truncated: {detail}"

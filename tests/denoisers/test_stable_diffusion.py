@@ -6,6 +6,7 @@ import dataclasses
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -211,7 +212,6 @@ def test_multiview_attention_is_chunk_independent(tiny_sd: TinySDPaths):
     )
 
 
-@pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated")
 def test_missing_model_is_one_line_input_error(tiny_sd: TinySDPaths, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InputError) as missing:
@@ -221,8 +221,61 @@ def test_missing_model_is_one_line_input_error(tiny_sd: TinySDPaths, monkeypatch
     assert "sync-splat-tests/no-such-model" in message and "--denoiser prior" in message and "local" in message
     with pytest.raises(InputError, match="ControlNet 'sync-splat-tests/no-such-controlnet'"):
         make(tiny_sd, controlnet="sync-splat-tests/no-such-controlnet")
-    with pytest.raises(InputError, match="does not exist"):
-        make(tiny_sd, model=str(tiny_sd.model.parent / "not-there"))
+
+
+def test_missing_local_folder_is_one_line_naming_it(tiny_sd: TinySDPaths):
+    missing = tiny_sd.model.parent / "not-there"
+    with pytest.raises(InputError) as refused:
+        make(tiny_sd, model=str(missing))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert str(missing) in message and "does not exist" in message and "--denoiser prior" in message
+
+
+def test_a_failed_load_prints_nothing_but_the_error(
+    tiny_sd: TinySDPaths, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+):
+    """Offline, a model that is not in the cache: huggingface_hub warns about arguments diffusers passes it, and
+    diffusers logs the failure, before the error; none of it may reach the user, who gets the error line alone."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="no-such-controlnet"):
+            make(tiny_sd, controlnet="sync-splat-tests/no-such-controlnet")
+    assert [str(w.message) for w in caught] == []
+    assert capfd.readouterr().err == ""
+
+
+def test_the_first_load_error_is_reported(tiny_sd: TinySDPaths, tmp_path, capfd: pytest.CaptureFixture[str]):
+    """A ControlNet folder without weights: the default files are missing (the reason to report), then the fp16
+    retry finds no fp16 files either (an error about a variant nobody asked for)."""
+    folder = tmp_path / "controlnet-without-weights"
+    folder.mkdir()
+    shutil.copy(tiny_sd.controlnet / "config.json", folder)
+    with pytest.raises(InputError) as refused:
+        make(tiny_sd, controlnet=str(folder))
+    message = str(refused.value)
+    assert "\n" not in message and str(folder) in message and "--denoiser prior" in message
+    assert "diffusion_pytorch_model.safetensors" in message and "fp16.safetensors" not in message
+    assert "fp16 variant failed too" in message
+    assert "An error occurred while trying to fetch" not in capfd.readouterr().err  # diffusers' log, held back
+
+
+def test_first_error_wins_over_the_retry(tiny_sd: TinySDPaths, monkeypatch: pytest.MonkeyPatch):
+    """Whatever the two errors say, the message is built from the first, and the retry asks for fp16."""
+    from diffusers import ControlNetModel
+
+    variants = []
+
+    def from_pretrained(*args, variant=None, **kwargs):
+        variants.append(variant)
+        raise OSError("no network: the first error" if len(variants) == 1 else "the retry's error")
+
+    monkeypatch.setattr(ControlNetModel, "from_pretrained", from_pretrained)
+    with pytest.raises(InputError) as refused:
+        make(tiny_sd)
+    assert variants == [None, "fp16"]
+    assert "no network: the first error" in str(refused.value) and "the retry's error" not in str(refused.value)
 
 
 def test_pickled_weights_are_refused(tiny_sd: TinySDPaths, tmp_path, monkeypatch: pytest.MonkeyPatch):

@@ -130,8 +130,8 @@ def test_resume_with_other_settings_is_one_line(
             tmp_path, *orbit_prior_args(scene_files), *changed, "--load-dir", str(full_prior_run / "nerfstudio_models")
         )
     assert exit_info.value.code == 2
-    out = capsys.readouterr().out
-    assert message in out and "Traceback" not in out
+    err = capsys.readouterr().err
+    assert "sync-splat: error: " in err and message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
@@ -150,8 +150,8 @@ def test_input_errors_are_one_line(
     with pytest.raises(SystemExit) as exit_info:
         train_in_process(tmp_path, "--pipeline.denoiser", "prior", *args)
     assert exit_info.value.code == 2
-    out = capsys.readouterr().out
-    assert "sync-splat: error: " in out and message in out and "Traceback" not in out
+    err = capsys.readouterr().err
+    assert "sync-splat: error: " in err and message in err and "Traceback" not in err
 
 
 def test_ns_export_writes_the_same_scene(full_prior_run: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ FLAGS = [
     "--pipeline.sd.controlnet-scale", "--pipeline.sd.device", "--pipeline.fit.canonical", "--pipeline.fit.tolerance",
     "--max-num-iterations", "--pipeline.datamanager.orbit-image-size",
 ]  # fmt: skip
-"""The settings issue 6 asks `ns-train sync-splat --help` to list (and a few more of ours)."""
+"""Settings `ns-train sync-splat --help` must list: the restyle, SD and fit settings a user sets most."""
 
 
 def ns_train_help(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:

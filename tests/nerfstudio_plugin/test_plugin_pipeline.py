@@ -47,7 +47,7 @@ def test_cuda_without_cuda_is_one_line(
     with pytest.raises(SystemExit) as exit_info:
         build_pipeline(scene_files["ply"], device="cuda")
     assert exit_info.value.code == 2
-    assert "--machine.device-type cuda, but torch finds no CUDA device" in capsys.readouterr().out
+    assert "sync-splat: error: --machine.device-type cuda, but torch finds no CUDA device" in capsys.readouterr().err
 
 
 def test_each_iteration_takes_one_step_and_returns_a_harmless_loss(pipeline) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -473,18 +474,6 @@ def test_errors_for_bad_checkpoints(tmp_path: Path) -> None:
     good = tmp_path / "good.ckpt"
     torch.save(splatfacto_checkpoint(random_scene(sh_degree=1)), good)
 
-    truncated = tmp_path / "truncated.ckpt"
-    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    expect_error(truncated, "cannot read the checkpoint")
-
-    pickled = tmp_path / "pickled.ckpt"
-    torch.save({"step": 1, "pipeline": {"_model.gauss_params.means": NotAWeight()}}, pickled)
-    expect_error(pickled, "never unpickles")
-
-    legacy_pickle = tmp_path / "legacy.ckpt"
-    legacy_pickle.write_bytes(pickle.dumps(NotAWeight(), protocol=2))
-    expect_error(legacy_pickle, "cannot read the checkpoint")
-
     nerfacto = tmp_path / "nerfacto.ckpt"
     torch.save({"step": 1, "pipeline": {"_model.field.mlp.weight": torch.zeros(2, 2)}}, nerfacto)
     expect_error(nerfacto, "no Gaussians", "_model.gauss_params.means", "_model.gauss_params.features_rest")
@@ -502,6 +491,49 @@ def test_errors_for_bad_checkpoints(tmp_path: Path) -> None:
     checkpoint["pipeline"]["_model.gauss_params.quats"] = torch.zeros(50, 3)
     torch.save(checkpoint, wrong := tmp_path / "wrong.ckpt")
     expect_error(wrong, "_model.gauss_params.quats", "(50, 4)")
+
+
+@pytest.mark.parametrize("kept", [0.5, 0.1, 0.999])
+def test_a_truncated_checkpoint_is_called_truncated(tmp_path: Path, kept: float) -> None:
+    good = tmp_path / "good.ckpt"
+    torch.save(splatfacto_checkpoint(random_scene(sh_degree=1)), good)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: int(good.stat().st_size * kept)])
+    message = expect_error(truncated, "cannot read the checkpoint", "truncated")
+    assert "Python objects" not in message and "not a PyTorch checkpoint" not in message
+
+
+@pytest.mark.parametrize(
+    "content",
+    [bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), b"step: 29999\n"],
+    ids=["random-bytes", "text"],
+)
+def test_a_file_of_other_bytes_is_not_a_checkpoint(tmp_path: Path, content: bytes) -> None:
+    """torch reports these with the preamble it uses for pickled objects; the message must not say so."""
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    message = expect_error(path, "not a PyTorch checkpoint", repr(content[:4]))
+    assert "Python objects" not in message and "truncated" not in message
+
+
+def test_a_checkpoint_holding_a_python_object_names_it(tmp_path: Path) -> None:
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save({"step": 1, "pipeline": {"_model.gauss_params.means": NotAWeight()}}, pickled)
+    message = expect_error(pickled, "holds Python objects", f"{__name__}.NotAWeight", "never unpickles")
+    assert "truncated" not in message
+    legacy_pickle = tmp_path / "legacy.ckpt"  # the format of torch.save before torch 1.6, a bare pickle stream
+    legacy_pickle.write_bytes(pickle.dumps(NotAWeight(), protocol=2))
+    expect_error(legacy_pickle, "holds Python objects", f"{__name__}.NotAWeight")
+
+
+def test_other_unreadable_checkpoints(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    expect_error(empty, "empty")
+    archive = tmp_path / "archive.ckpt"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("notes.txt", "not a checkpoint")
+    expect_error(archive, "zip archive without data.pkl")
 
 
 def test_errors_for_bad_runs(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ It subclasses `SplatfactoModel` so that everything built for splatfacto accepts 
   CPU (stock splatfacto calls `.cuda()` and gsplat's CUDA kernels unconditionally). Colours are the SH colours
   seen from the camera centre, so the source looks as it did in splatfacto until the first colours are written;
 - LPIPS is a stub that needs no download (splatfacto builds AlexNet-LPIPS, which fails offline);
-- `set_colours` writes view-independent colours: the DC coefficient `(rgb01 - 0.5) / SH_C0` (a degree-0 model
+- `set_colors` writes view-independent colours: the DC coefficient `(rgb01 - 0.5) / SH_C0` (a degree-0 model
   stores `logit(rgb01)`, as splatfacto does) and zero higher-order coefficients.
 
 Conventions: docs/conventions.md. Nerfstudio cameras are OpenGL; they are converted once, by
@@ -199,10 +199,10 @@ class SyncSplatModel(SplatfactoModel):
             param.requires_grad_(False)
 
     @torch.no_grad()
-    def set_colours(self, rgb01: Float[Tensor, "G 3"]) -> None:
+    def set_colors(self, rgb01: Float[Tensor, "G 3"]) -> None:
         """Write view-independent colours: SH DC `(rgb01 - 0.5) / SH_C0` (degree 0: `logit(rgb01)`), rest zero."""
         if tuple(rgb01.shape) != (self.num_points, 3):
-            raise ValueError(f"set_colours: expected ({self.num_points}, 3) colours, got {tuple(rgb01.shape)}")
+            raise ValueError(f"set_colors: expected ({self.num_points}, 3) colours, got {tuple(rgb01.shape)}")
         rgb01 = rgb01.to(self.features_dc)
         if self.config.sh_degree > 0:
             self.features_dc.copy_((rgb01 - 0.5) / SH_C0)
@@ -286,7 +286,7 @@ class SyncSplatModel(SplatfactoModel):
         )  # fmt: skip
         out = render_gaussians(
             scene.means, scene.quats_wxyz, scene.log_scales.exp(), torch.sigmoid(scene.opacity_logits),
-            scene.colours(camera_centre), view.viewmats, view.Ks, width, height,
+            scene.colors(camera_centre), view.viewmats, view.Ks, width, height,
             antialiased=self.config.rasterize_mode == "antialiased",
         )  # fmt: skip
         image = out.image[0].permute(1, 2, 0)  # [H, W, 3]

@@ -232,7 +232,8 @@ class SyncSplatPipeline(VanillaPipeline):
         if self._sampler is None or self._state is None:
             raise RuntimeError("this pipeline was built to show a run (ns-viewer, ns-export), not to sample")
         if not self.complete:
-            self._state = self._sampler.step(self._state)
+            # The viewer's x0_hat preview asks the sampler for g where the step would not otherwise run it.
+            self._state = self._sampler.step(self._state, preview=bool(self.show_preview.value))
             if self._state.step_index == self._sampler.num_steps:
                 self._result = self._sampler.finish(self._state).z
             self._show()
@@ -257,7 +258,7 @@ class SyncSplatPipeline(VanillaPipeline):
             z = self._state.z_t
         else:
             z = self._bridge.unproject(self._state.x_t, previous=self._state.z0_hat)
-        self.model.set_colours(self._bridge.restyled_scene(z).rgb01)
+        self.model.set_colors(self._bridge.restyled_scene(z).rgb01)
 
     def _progress(self) -> str:
         done = " (complete)" if self.complete else ""

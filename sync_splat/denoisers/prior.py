@@ -105,7 +105,7 @@ class GaussianTexturePrior:
         self.components = tuple(components)
         # The affine codec x = 2 rgb01 - 1 maps a mean colour affinely and a colour direction linearly.
         self.means = 2.0 * torch.tensor([c.mean_rgb01 for c in self.components], dtype=torch.float64) - 1.0
-        columns = [[f.colour_rgb01 for f in c.fields] for c in self.components]
+        columns = [[f.color_rgb01 for f in c.fields] for c in self.components]
         self.mixing = 2.0 * torch.tensor(columns, dtype=torch.float64).transpose(1, 2)
         if torch.linalg.matrix_rank(self.mixing).min() < 3:
             raise ValueError("each component's three field colours must be linearly independent")

@@ -3,7 +3,7 @@
 The denoiser owns the model weights, the text prompt (views add their suffixes from `ViewConditions`), the noise
 schedule read from the model's scheduler config, and the VAE codec. It never runs a diffusers scheduler or
 pipeline: the sampler does its own steps with `sync_splat.functional.diffusion`, so all this file provides is an
-epsilon prediction with classifier-free guidance and ControlNet depth (SyncTweedies §2.4):
+epsilon prediction with classifier-free guidance and ControlNet depth (as the SyncTweedies paper uses them):
 
     eps_hat = eps_u + w (eps_c - eps_u),
 

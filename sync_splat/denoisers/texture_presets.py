@@ -132,13 +132,13 @@ class TextureField:
     """One independent stationary field of unit variance and the colour it paints.
 
     Attributes:
-        colour_rgb01: the change in rgb01 per unit of the field (its standard deviation in rgb01): a column of A.
+        color_rgb01: the change in rgb01 per unit of the field (its standard deviation in rgb01): a column of A.
         spectrum: the field's spectral shape (normalised to unit variance by the prior).
         grain: the fraction of the field's variance that is white (per-pixel) grain; keeps every frequency's power
             positive.
     """
 
-    colour_rgb01: RGB
+    color_rgb01: RGB
     spectrum: Spectrum
     grain: float = 0.02
 

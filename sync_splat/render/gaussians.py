@@ -42,11 +42,11 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
 from sync_splat.errors import InputError
+from sync_splat.functional.rotation import quat_to_rotmat
 
 Backend = Literal["auto", "torch", "gsplat"]
 
@@ -282,7 +282,7 @@ def _composite(
     tile_size: int,
 ) -> _Entries:
     """Front-to-back compositing of every view, one view at a time, returning the non-zero weights."""
-    R = _quat_to_rotmat(quats_wxyz)
+    R = quat_to_rotmat(quats_wxyz)
     M = R * scales[:, None, :]
     covars = M @ M.transpose(-1, -2)  # [G, 3, 3]
     found = []
@@ -370,18 +370,6 @@ def _composite_view(proj: _Projection, width: int, height: int, tile_size: int) 
         weights = alpha[i, k] * torch.exp(log_t_incl[i, k] - log_keep[i, k]).to(alpha.dtype)
         found.append(_Entries(row[i, k] * width + col[i, k], g[i], weights, proj.depths[g[i]]))
     return _Entries(*(torch.cat(parts) for parts in zip(*found, strict=True)))
-
-
-def _quat_to_rotmat(quats_wxyz: Tensor) -> Float[Tensor, "G 3 3"]:
-    w, x, y, z = F.normalize(quats_wxyz, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).unflatten(-1, (3, 3))  # fmt: skip
 
 
 def _render_gsplat(

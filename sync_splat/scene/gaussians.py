@@ -78,7 +78,7 @@ class GaussianScene:
         """The view-independent (DC) colour, clamped to [0, 1]."""
         return (0.5 + SH_C0 * self.sh[:, 0]).clamp(0.0, 1.0)
 
-    def colours(self, camera_centre: Float[Tensor, "3"] | None = None) -> Float[Tensor, "G 3"]:
+    def colors(self, camera_centre: Float[Tensor, "3"] | None = None) -> Float[Tensor, "G 3"]:
         """Colours in [0, 1]: the DC colour, or the full SH colour seen from `camera_centre` (gsplat's rule:
         direction = mean - camera centre, colour = clamp(SH(direction) + 0.5))."""
         if camera_centre is None or self.sh_degree == 0:

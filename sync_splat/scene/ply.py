@@ -125,10 +125,10 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianScene:
         raise InputError(f"{path}: no 'vertex' element: a 3DGS PLY stores one vertex per Gaussian")
     props = vertex.properties
     f_rest = _f_rest_names(path, props)
-    colour_names = _F_DC if any(name in props for name in _F_DC) or not all(c in props for c in _RGB) else _RGB
-    missing = [name for name in (*_GEOMETRY, *colour_names) if name not in props]
+    color_names = _F_DC if any(name in props for name in _F_DC) or not all(c in props for c in _RGB) else _RGB
+    missing = [name for name in (*_GEOMETRY, *color_names) if name not in props]
     if missing:
-        hint = " (or uchar red green blue)" if colour_names == _F_DC and set(missing) & set(_F_DC) else ""
+        hint = " (or uchar red green blue)" if color_names == _F_DC and set(missing) & set(_F_DC) else ""
         raise InputError(
             f"{path}: missing vertex properties {', '.join(missing)}{hint}: this is not a 3D Gaussian splatting "
             "PLY (x y z f_dc_0..2 opacity scale_0..2 rot_0..3); export the scene as a 3DGS .ply"
@@ -139,7 +139,7 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianScene:
                 f"{path}: property {name!r} has type {props[name]!r}; a 3DGS PLY stores it as float or double: "
                 "re-export the file"
             )
-    if colour_names == _RGB and any(props[c] not in ("uchar", "uint8") for c in _RGB):
+    if color_names == _RGB and any(props[c] not in ("uchar", "uint8") for c in _RGB):
         raise InputError(f"{path}: properties red green blue must be uchar (0-255): re-export the file")
     if vertex.count == 0:
         raise InputError(f"{path}: the file holds zero Gaussians: export a scene with at least one Gaussian")
@@ -151,7 +151,7 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianScene:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(f"{path}: cannot parse the PLY data ({reason}): the file is truncated or corrupt") from None
 
-    names = [*_GEOMETRY, *colour_names, *f_rest]
+    names = [*_GEOMETRY, *color_names, *f_rest]
     table = np.stack([np.asarray(data[name], dtype=np.float32) for name in names], axis=1)  # [G, P], a copy
     bad = {name: int(n) for name, n in zip(names, (~np.isfinite(table)).sum(axis=0), strict=True) if n}
     if bad:
@@ -162,7 +162,7 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianScene:
         )
     table = torch.from_numpy(table)
     sh_dc = table[:, 11:14]  # after the 11 geometry columns
-    if colour_names == _RGB:
+    if color_names == _RGB:
         sh_dc = (sh_dc / 255.0 - 0.5) / SH_C0
     sh_rest = table[:, 14:].reshape(len(table), 3, len(f_rest) // 3).transpose(1, 2)  # channel-major -> [G, K-1, 3]
     return GaussianScene(

@@ -1,4 +1,4 @@
-"""The panorama bridge against the Bridge protocol's promises and reference/synctweedies.md §4.3: the paper's views,
+"""The panorama bridge against the Bridge protocol's promises and the paper's panorama setting: its views,
 g inverting f on what the views see, full coverage with pole views, no seam at +-180 degrees after sampling,
 unit-variance view-consistent initial noise, near-bright depth conditions, and atomic PNG export."""
 

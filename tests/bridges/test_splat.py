@@ -99,7 +99,7 @@ def make_bridge(codec=None, **config) -> GaussianSplatBridge:  # noqa: ANN001
     return SplatBridgeConfig(**config).setup(codec or prior(), small_scene(), rig())
 
 
-def random_colours(bridge: GaussianSplatBridge, seed: int = 0) -> torch.Tensor:
+def random_colors(bridge: GaussianSplatBridge, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     if bridge.config.canonical == "rgb":
         return 0.1 + 0.8 * torch.rand(bridge.canonical_shape, generator=generator)
@@ -139,7 +139,7 @@ def test_bridge_follows_the_protocol(canonical: str, codec) -> None:  # noqa: AN
     assert bridge.linear is (canonical == "latent")
     assert bridge.canonical_shape == (small_scene().num_gaussians, 3 if canonical == "rgb" else codec.latent_channels)
     assert bridge.instance_shape == (codec.latent_channels, h, h)
-    z = random_colours(bridge)
+    z = random_colors(bridge)
     x = bridge.project(z)
     assert x.shape == (4, codec.latent_channels, h, h)
     assert bridge.unproject(x).shape == bridge.canonical_shape
@@ -161,7 +161,7 @@ def test_views_over_the_default_background_come_back(canonical: str) -> None:
     """x = f(c) (white behind RGB, zero behind latents) is what 'default' fitting assumes: g(x) = c, f(g(x)) = x."""
     bridge = make_bridge(canonical=canonical, unproject_background="default", **EXACT)
     system = bridge.linear_system("image" if canonical == "rgb" else "instance")
-    c = random_colours(bridge)
+    c = random_colors(bridge)
     x = bridge.project(c)
     z = bridge.unproject(x)
     assert (z - c)[well_seen(system)].abs().max() < 1e-3
@@ -173,7 +173,7 @@ def test_consistent_views_are_fixed_points_of_the_sync(canonical: str) -> None:
     """Views that agree with c over their own background come back as c, and f(g(x), background=x) = x."""
     bridge = make_bridge(canonical=canonical, **EXACT)
     system = bridge.linear_system("image" if canonical == "rgb" else "instance")
-    c = random_colours(bridge)
+    c = random_colors(bridge)
     x = consistent_views(bridge, c)
     z = bridge.unproject(x)
     assert (z - c)[well_seen(system)].abs().max() < 1e-3
@@ -189,7 +189,7 @@ def test_damping_keeps_consistent_views_nearly_fixed_and_colours_in_range() -> N
     ~50 dB (the closed form alone: 26 dB; ten times the damping or ten times the tolerance: 40 dB). And it keeps
     colours sane on views that disagree (noisy views make plain least squares extrapolate on barely seen Gaussians)."""
     bridge = make_bridge()
-    c = random_colours(bridge)
+    c = random_colors(bridge)
     x = consistent_views(bridge, c)
     covered = (bridge.coverage() > 0).expand_as(x)
     error_rgb01 = (bridge.project(bridge.unproject(x), background=x) - x)[covered] / 2  # the prior's x = 2 rgb01 - 1
@@ -457,7 +457,7 @@ def test_view_suffixes_follow_the_documented_convention() -> None:
 
 def test_export_writes_a_standard_ply_with_the_geometry_untouched(tmp_path) -> None:  # noqa: ANN001
     bridge = make_bridge()
-    z = random_colours(bridge) * 1.4 - 0.2  # some colours outside [0, 1]: exported clamped
+    z = random_colors(bridge) * 1.4 - 0.2  # some colours outside [0, 1]: exported clamped
     path = bridge.export(z, tmp_path / "restyled.ply")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["restyled.ply"]  # no temporary file left
     loaded, source = GaussianScene.load(path), small_scene()
@@ -497,7 +497,7 @@ def test_latent_export_fits_rgb_colours_from_the_decoded_views(tmp_path) -> None
     """Latent features `2 c - 1` (the prior's codec of colours c) export as colours c where Gaussians are well seen:
     the export's fit is solved to `export_tolerance` (at the per-step tolerance the mean error would be 0.02)."""
     bridge = make_bridge(canonical="latent")
-    c = random_colours(make_bridge())
+    c = random_colors(make_bridge())
     loaded = GaussianScene.load(bridge.export(2 * c - 1, tmp_path / "latent.ply"))
     assert torch.equal(loaded.means, small_scene().means)
     seen = well_seen(bridge.linear_system("image"), pixels=2.0)
@@ -553,6 +553,6 @@ def test_the_sampler_refuses_all_but_case_2_on_the_rgb_canonical(case: int) -> N
 
 def test_restyled_scene_shares_the_source_geometry() -> None:
     bridge = make_bridge()
-    restyled = bridge.restyled_scene(random_colours(bridge))
+    restyled = bridge.restyled_scene(random_colors(bridge))
     assert restyled.means is small_scene().means and restyled.opacity_logits is small_scene().opacity_logits
     assert math.isclose(float(restyled.sh[:, 1:].abs().sum()), 0.0)

@@ -37,7 +37,8 @@ def dominant_pairs(splat: GaussianSplatBridge, first: int, second: int) -> tuple
     for view in (first, second):
         dense = system.view_matrix(view).to_dense()  # [h w, G]
         weight, gaussian = dense.max(dim=1)
-        pairs.append({int(g): p for p, (g, w) in enumerate(zip(gaussian.tolist(), weight.tolist())) if w > 0.3})
+        strongest = zip(gaussian.tolist(), weight.tolist(), strict=True)
+        pairs.append({int(g): p for p, (g, w) in enumerate(strongest) if w > 0.3})
     shared = sorted(set(pairs[0]) & set(pairs[1]))
     return torch.tensor([pairs[0][g] for g in shared]), torch.tensor([pairs[1][g] for g in shared])
 

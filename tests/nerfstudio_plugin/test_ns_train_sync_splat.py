@@ -106,7 +106,7 @@ def test_resumed_run_ends_as_an_uninterrupted_one(
         (["--pipeline.steps", "5"], "sampled with --pipeline.steps 4"),
         (["--pipeline.views", "4"], "sampled with --pipeline.views 3"),
         (["--pipeline.seed", "8", "--pipeline.method", "ddim"], "with --pipeline.method ddpm, --pipeline.seed 7"),
-        (["--pipeline.case", "5"], "sampled with --pipeline.case 2"),
+        (["--pipeline.case", "0"], "sampled with --pipeline.case 2"),
         (["--pipeline.source", "moved"], "another scene"),  # the same Gaussian count, moved
         (["--pipeline.source", "fewer"], "the same --pipeline.source"),
     ],

@@ -55,7 +55,7 @@ def test_model_holds_the_source_frozen(scene: GaussianScene, degree: int) -> Non
 def test_set_colours_writes_the_dc_term_and_zeroes_the_rest(scene: GaussianScene, degree: int) -> None:
     model = build_model(scene if degree == 0 else with_sh_degree_1(scene))
     rgb01 = torch.rand(scene.num_gaussians, 3, generator=torch.Generator().manual_seed(1))
-    model.set_colours(rgb01)
+    model.set_colors(rgb01)
     assert torch.count_nonzero(model.features_rest) == 0
     if degree > 0:
         torch.testing.assert_close(model.features_dc, (rgb01 - 0.5) / SH_C0)

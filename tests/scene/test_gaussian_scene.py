@@ -193,7 +193,7 @@ def test_with_colors_keeps_the_geometry_and_sets_the_dc(tmp_path: Path) -> None:
     assert torch.equal(recoloured.sh[:, 0], (rgb01 - 0.5) / SH_C0)
     assert torch.all(recoloured.sh[:, 1:] == 0) and recoloured.sh_degree == 3
     assert torch.allclose(recoloured.rgb01, rgb01, atol=1e-6)
-    assert torch.allclose(recoloured.colours(torch.tensor([5.0, 0.0, 0.0])), rgb01, atol=1e-6)
+    assert torch.allclose(recoloured.colors(torch.tensor([5.0, 0.0, 0.0])), rgb01, atol=1e-6)
     assert not torch.equal(scene.sh[:, 0], recoloured.sh[:, 0])  # the original is untouched
     ply = plyfile.PlyData.read(str(recoloured.save(tmp_path / "recoloured.ply")))["vertex"].data
     assert np.array_equal(ply["f_dc_1"], ((rgb01[:, 1] - 0.5) / SH_C0).numpy())
@@ -205,7 +205,7 @@ def test_with_colors_keeps_the_geometry_and_sets_the_dc(tmp_path: Path) -> None:
 def test_dc_colour_is_clamped() -> None:
     scene = random_scene().with_colors(torch.tensor([[-0.5, 0.25, 1.5]]).expand(50, 3))
     assert torch.allclose(scene.rgb01, torch.tensor([0.0, 0.25, 1.0]).expand(50, 3), atol=1e-6)
-    assert torch.equal(scene.colours(), scene.rgb01)
+    assert torch.equal(scene.colors(), scene.rgb01)
 
 
 def test_view_dependent_colours_match_gsplat() -> None:
@@ -218,7 +218,7 @@ def test_view_dependent_colours_match_gsplat() -> None:
             scene.means, scene.quats_wxyz, scene.log_scales, scene.opacity_logits, scene.sh[:, :k]
         )
         expected = torch_impl._spherical_harmonics(degree, scene.means - camera, scene.sh[:, :k])
-        assert torch.allclose(truncated.colours(camera), (expected + 0.5).clamp(0, 1), atol=1e-5), degree
+        assert torch.allclose(truncated.colors(camera), (expected + 0.5).clamp(0, 1), atol=1e-5), degree
 
 
 def test_bounds_centre_and_radius() -> None:

@@ -1,0 +1,96 @@
+"""The fidelity oracle: its statistics, its benchmark at a tiny size (RESULT parsed), and a check that the oracle
+itself is right: a sampler that is exact in the limit (many ancestral steps, a schedule that ends in pure noise)
+reproduces the prior's statistics through it, within sampling error."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sync_splat.denoisers.prior import GaussianTexturePrior
+from sync_splat.functional.diffusion import NoiseSchedule
+from sync_splat.sampler import SyncConfig, SyncSampler
+from sync_splat.studies.fidelity import band_powers, component_fractions, lag_correlation, masked_std
+from sync_splat.studies.wide_image import WideImageBridge
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_bench():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_fidelity", SCRIPTS / "bench_fidelity.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+def test_statistics_see_what_they_measure() -> None:
+    generator = torch.Generator().manual_seed(0)
+    white = torch.randn(8, 3, 32, 32, generator=generator)
+    mask = torch.ones(8, 1, 32, 32, dtype=torch.bool)
+    assert masked_std(2 * white, mask) == pytest.approx(2.0, rel=0.02)
+    assert lag_correlation(white, mask) < 0.03
+    smooth = white + white.roll(1, dims=-1)  # neighbours share half their value: correlation 0.5
+    assert lag_correlation(smooth, mask) == pytest.approx(0.5, abs=0.05)
+    flat = band_powers(white, mask)
+    blurred = band_powers(torch.nn.functional.avg_pool2d(white, 3, stride=1, padding=1), mask)
+    assert (blurred / flat)[-1] < 0.2 * (blurred / flat)[0]  # blur removes the finest band first
+    half = mask.clone()
+    half[..., 16:] = False
+    assert band_powers(white, half) / flat == pytest.approx(torch.ones(4, dtype=torch.float64), rel=0.15)
+
+
+def test_an_exact_sampler_reproduces_the_prior_through_the_oracle() -> None:
+    """250 ancestral steps on the linear schedule (which ends in nearly pure noise) sample the prior almost exactly:
+    the oracle must then report ratios of 1 within sampling error, and the mixture's weights."""
+    prior = GaussianTexturePrior.from_prompt("camouflage", schedule=NoiseSchedule.linear(), max_batch=64)
+    size, views = 16, 48
+    bridge = WideImageBridge(3, size, views * size, stride=size)  # 48 independent windows: a 1:1 control
+    sampler = SyncSampler(prior, bridge, SyncConfig(num_steps=250, method="ddpm", aggregate="none"))
+    x = sampler.sample(torch.Generator().manual_seed(0)).x
+    reference = prior.sample(256, size, size, torch.Generator().manual_seed(1))
+    mask = torch.ones(views, 1, size, size, dtype=torch.bool)
+    reference_mask = torch.ones(256, 1, size, size, dtype=torch.bool)
+    assert masked_std(x, mask) / masked_std(reference, reference_mask) == pytest.approx(1.0, abs=0.12)
+    ratios = band_powers(x, mask) / band_powers(reference, reference_mask)
+    assert ratios.tolist() == pytest.approx([1.0] * 4, abs=0.25)
+    fractions = component_fractions(prior, x)
+    error = 3 * (prior.weights.double() * (1 - prior.weights.double()) / views).sqrt()  # 3 binomial sigmas
+    assert ((fractions - prior.weights.double()).abs() <= error).all()
+
+
+def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_bench()
+    settings = bench.FidelityBench(
+        bridges=("splat-demo", "wide-control"), presets=("marble",), seeds=1, steps=2, size=16, splat_views=2,
+        splat_noise=("integral", "sqrt_weights"), prior_samples=4,
+    )  # fmt: skip
+    settings.main()
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| splat-demo") or line.startswith("| wide")]
+    assert len(rows) == 2 * 3  # printed as they come, then in the table
+    result = re.fullmatch(r"RESULT (.*)", out.strip().splitlines()[-1]).group(1)
+    values = {key: float(value) for key, value in (item.split("=") for item in result.split())}
+    keys = {"worst_std_ratio", "worst_band_ratio", "heldout_worst_std_ratio", "noise_lag1", "control_worst_ratio"}
+    assert keys <= set(values)
+    assert all(math.isfinite(values[key]) and values[key] >= 0 for key in keys)
+    official = [line for line in rows if "| sqrt_weights |" in line]
+    assert float(official[0].split("|")[-2]) > 0.3  # the official construction's noise is visibly correlated
+
+
+def test_unknown_bridges_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_bench()
+    with pytest.raises(SystemExit) as stop:
+        bench.entrypoint(["--bridges", "teapot"])
+    assert stop.value.code == 2
+    assert "unknown ['teapot']" in capsys.readouterr().err

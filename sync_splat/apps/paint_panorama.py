@@ -21,7 +21,7 @@ from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
 from sync_splat.errors import InputError
 from sync_splat.sampler import SyncSampler
 from sync_splat.scene.depth_maps import read_depth_map
-from sync_splat.scene.files import refuse_existing
+from sync_splat.scene.files import check_outputs, staged_files
 from sync_splat.scene.images import write_png
 
 PRIOR_HEIGHT = 64
@@ -114,13 +114,14 @@ def paint_panorama(
         The RGB panorama and the written paths (the panorama first).
 
     Raises:
-        InputError: an output exists, `out` is not a .png, the depth map is bad, or the denoiser cannot be built.
+        InputError: an output exists or cannot be written, `out` is not a .png, the depth map is bad, or the
+            denoiser cannot be built.
     """
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise InputError(f"--out {out}: the panorama is written as a .png file")
     outputs = (out, *cube_face_paths(out)) if cube_faces else (out,)
-    refuse_existing(*outputs)
+    check_outputs(*outputs)
     if config.denoiser == "sd" and config.sd.controlnet is not None and depth is None:
         raise InputError(
             "the SD denoiser's ControlNet depth needs a 360-degree depth map: pass --depth, or run without ControlNet "
@@ -132,7 +133,8 @@ def paint_panorama(
     sampler = SyncSampler(denoiser, bridge, config.sync_config())
     result = sample_with_progress(sampler, config.seed, f"painting '{config.prompt}'", show_progress)
     rgb01 = bridge.rgb_panorama(result.z)
-    paths = (write_png(rgb01, out),)
-    if cube_faces:
-        paths += export_cube_faces(rgb01, out)
-    return PanoramaResult(rgb01=rgb01.cpu(), paths=paths)
+    with staged_files(*outputs) as staged:
+        write_png(rgb01, staged[0])
+        if cube_faces:
+            export_cube_faces(rgb01, staged[0])
+    return PanoramaResult(rgb01=rgb01.cpu(), paths=outputs)

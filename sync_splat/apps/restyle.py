@@ -1,8 +1,9 @@
 """Restyling a splat scene end to end, without nerfstudio's trainer: the pipeline behind `sync-splat restyle|demo`.
 
 It builds the denoiser (the exact prior on CPU, or Stable Diffusion + ControlNet depth), an orbit rig around the
-scene's bounding sphere sized for the model, the splat bridge and the sampler; runs every step with a progress
-bar; and writes the restyled PLY, a PNG grid of the views before and after, and optionally a turntable GIF.
+scene's bounding sphere sized for the model (refusing a scene that none of its views sees), the splat bridge and the
+sampler; runs every step with a progress bar; and returns the restyled scene with the views before and after, which
+`sync_splat.apps.commands` writes as a PLY and a PNG grid (and a turntable GIF for the demo).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from sync_splat.apps.progress import sample_with_progress
@@ -22,11 +24,17 @@ from sync_splat.bridges.base import Bridge
 from sync_splat.bridges.splat import SplatBridgeConfig
 from sync_splat.denoisers.base import Denoiser
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
+from sync_splat.errors import InputError
 from sync_splat.render.gaussians import render_gaussians
 from sync_splat.sampler import SyncSampler
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.files import atomic_output
 from sync_splat.scene.gaussians import GaussianScene
+
+TRIM = 0.01
+"""The fraction of outlying Gaussians (floaters) the orbit rig's bounding sphere leaves out."""
+MIN_ALPHA = 1.0 / 255.0
+"""A scene counts as seen when some pixel of some view is at least this opaque (one 8-bit level)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,13 @@ class RestyleConfig(SamplingSettings):
     fit: SplatBridgeConfig = field(default_factory=SplatBridgeConfig)
     """How the splat colours are fitted to the views (canonical space, tolerance, iterations)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.views < 1:
+            raise InputError(f"--views must be at least 1, got {self.views}")
+        if not 0.0 < self.fov_deg < 180.0:
+            raise InputError(f"--fov-deg must be in (0, 180) degrees, got {self.fov_deg}")
+
 
 @dataclass(frozen=True)
 class RestyleResult:
@@ -56,8 +71,19 @@ class RestyleResult:
 
 
 def orbit_cameras(scene: GaussianScene, views: int, native_size: int, fov_deg: float) -> Cameras:
-    """An orbit rig around the scene's (floater-trimmed) bounding sphere at the model's native size."""
-    centre, radius = scene.bounding_sphere(trim=0.01)
+    """An orbit rig around the scene's (floater-trimmed) bounding sphere at the model's native size.
+
+    Raises:
+        InputError: the scene has no extent to orbit (its Gaussians sit at one point).
+    """
+    centre, radius = scene.bounding_sphere(trim=TRIM)
+    where = f"{scene.source}: " if scene.source is not None else ""
+    if radius <= 0:
+        count = "it has one Gaussian" if scene.num_gaussians == 1 else f"{1 - TRIM:.0%} of its {scene.num_gaussians}"
+        raise InputError(
+            f"{where}the scene's Gaussians all sit at one point (radius 0; {count}): there is nothing for orbit views "
+            "to frame; check that the file holds the whole scene"
+        )
     rig = Cameras.orbit_rig(
         centre, radius, num_azimuths=views, elevations_deg=(15.0,), top_views=1, fov_deg=fov_deg,
         size=(native_size, native_size),
@@ -67,11 +93,36 @@ def orbit_cameras(scene: GaussianScene, views: int, native_size: int, fov_deg: f
 
 def render_rgb(scene: GaussianScene, cameras: Cameras, background: float = 1.0) -> Tensor:
     """The scene's DC colours rendered over a grey level, `rgb01` `[N, 3, H, W]`."""
+    return _render(scene, cameras, background)[0]
+
+
+def _render(scene: GaussianScene, cameras: Cameras, background: float) -> tuple[Tensor, Tensor]:
+    """`rgb01` `[N, 3, H, W]` over a grey level, and the views' alpha `[N, 1, H, W]`."""
     out = render_gaussians(
         scene.means, scene.quats_wxyz, scene.log_scales.exp(), torch.sigmoid(scene.opacity_logits), scene.rgb01,
         cameras.viewmats.to(scene.means), cameras.Ks.to(scene.means), cameras.width, cameras.height,
     )  # fmt: skip
-    return (out.image + (1 - out.alpha) * background).clamp(0, 1)
+    return (out.image + (1 - out.alpha) * background).clamp(0, 1), out.alpha
+
+
+def check_seen(scene: GaussianScene, alpha: Float[Tensor, "N 1 H W"]) -> None:
+    """Refuse a scene that no view sees: restyling it would fit nothing and write a scene of grey Gaussians.
+
+    Args:
+        scene: the scene, for the message.
+        alpha: its rendered alpha in every view of the rig.
+    """
+    if bool((alpha > MIN_ALPHA).any()):
+        return
+    where = f"{scene.source}: " if scene.source is not None else ""
+    opacity = torch.sigmoid(scene.opacity_logits)
+    raise InputError(
+        f"{where}no view sees the scene: {alpha.shape[0]} orbit views around its bounding sphere render nothing "
+        f"(log-scales {float(scene.log_scales.min()):.3g} to {float(scene.log_scales.max()):.3g}, positions up to "
+        f"{float(scene.means.abs().max()):.3g} from the origin, opacities {float(opacity.min()):.3g} to "
+        f"{float(opacity.max()):.3g}): check that the file's scale_* are log standard deviations, its opacity "
+        "logits, and its x y z a sane size"
+    )
 
 
 def restyle(
@@ -89,20 +140,29 @@ def restyle(
         show_progress: draw a progress bar with an ETA.
         denoiser: an already loaded denoiser to reuse across scenes; None builds `config`'s.
         instrument: wraps the bridge the sampler sees (e.g. the phase timers of scripts/gpu_smoke.py).
+
+    Raises:
+        InputError: the settings cannot run with this denoiser, or no view of the rig sees the scene (checked before
+            the bridge and the sampler are built).
     """
-    denoiser = config.build_denoiser() if denoiser is None else denoiser
+    if denoiser is None:
+        denoiser = config.build_denoiser()
+    else:
+        config.check_steps(denoiser)
     cameras = orbit_cameras(scene, config.views, denoiser.native_size, config.fov_deg)
+    before, alpha = _render(scene, cameras, background=1.0)
+    check_seen(scene, alpha)
     bridge = config.fit.setup(denoiser, scene, cameras)
     sampled_through = bridge if instrument is None else instrument(bridge)
     sampler = SyncSampler(denoiser, sampled_through, config.sync_config())
     result = sample_with_progress(sampler, config.seed, f"restyling '{config.prompt}'", show_progress)
     restyled = bridge.restyled_scene(result.z)
-    return RestyleResult(scene=restyled, before=render_rgb(scene, cameras), after=render_rgb(restyled, cameras))
+    return RestyleResult(scene=restyled, before=before, after=render_rgb(restyled, cameras))
 
 
 def write_turntable(scene: GaussianScene, path: Path, frames: int = 36, size: int = 160, fov_deg: float = 50.0) -> Path:
     """A looping GIF of the scene turning once, seen from 20 degrees above; written atomically."""
-    centre, radius = scene.bounding_sphere(trim=0.01)
+    centre, radius = scene.bounding_sphere(trim=TRIM)
     cameras = Cameras.orbit_rig(
         centre, radius, num_azimuths=frames, elevations_deg=(20.0,), top_views=0, fov_deg=fov_deg, size=(size, size)
     )

@@ -14,7 +14,7 @@ from sync_splat.denoisers.base import Denoiser
 from sync_splat.denoisers.prior import GaussianTexturePriorConfig
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
 from sync_splat.errors import InputError
-from sync_splat.sampler import SyncConfig
+from sync_splat.sampler import PAPER_CASES, SyncConfig
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,36 @@ class SamplingSettings:
     sd: StableDiffusionDenoiserConfig = field(default_factory=StableDiffusionDenoiserConfig)
     """Stable Diffusion settings (used with --denoiser sd; the prompt above replaces sd.prompt)."""
 
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot run, as the user typed them, before any work (tyro builds this dataclass)."""
+        if self.steps < 1:
+            raise InputError(f"--steps must be at least 1, got {self.steps}")
+        if self.denoiser not in ("prior", "sd"):
+            raise InputError(f"--denoiser must be 'prior' or 'sd', got {self.denoiser!r}")
+        if self.case not in PAPER_CASES:
+            raise InputError(f"--case {self.case} does not exist: the paper's cases are 0 to 5 (2 is SyncTweedies)")
+        if not 0.0 <= self.sync_until <= 1.0:
+            raise InputError(f"--sync-until must be in [0, 1] (a fraction of the schedule), got {self.sync_until}")
+        self.sync_config().check()
+
     def build_denoiser(self) -> Denoiser:
-        """The denoiser these settings name (raises InputError for unknown prompts or missing weights)."""
+        """The denoiser these settings name (raises InputError for unknown prompts, missing weights, or more steps
+        than its schedule has)."""
         if self.denoiser == "prior":
-            return GaussianTexturePriorConfig(prompt=self.prompt).setup()
-        if self.denoiser == "sd":
-            return replace(self.sd, prompt=self.prompt).setup()
-        raise InputError(f"denoiser must be 'prior' or 'sd', got {self.denoiser!r}")
+            denoiser = GaussianTexturePriorConfig(prompt=self.prompt).setup()
+        else:
+            denoiser = replace(self.sd, prompt=self.prompt).setup()
+        self.check_steps(denoiser)
+        return denoiser
+
+    def check_steps(self, denoiser: Denoiser) -> None:
+        """Refuse more denoising steps than `denoiser`'s schedule has train timesteps (each step needs its own)."""
+        most = denoiser.schedule.num_train_timesteps
+        if self.steps > most:
+            raise InputError(
+                f"--steps {self.steps} is more than the denoiser's schedule allows: at most {most} (its {most} train "
+                "timesteps); 20-50 steps are usual"
+            )
 
     def sync_config(self) -> SyncConfig:
         """The sampler's configuration: the case's preset with these steps, window and update."""

@@ -1,4 +1,4 @@
-"""Texturing a mesh end to end: the pipeline behind `sync-splat mesh` (reference/synctweedies.md §4.4).
+"""Texturing a mesh end to end: the pipeline behind `sync-splat mesh` (the paper's mesh-texturing application).
 
 It loads the mesh (UVs from the file, or xatlas), builds the denoiser (the exact prior on CPU, or Stable Diffusion +
 ControlNet depth), the mesh-texture bridge with the paper's 10 views and the sampler; runs every step with a
@@ -20,7 +20,7 @@ from sync_splat.apps.settings import SamplingSettings
 from sync_splat.bridges.mesh import MeshBridgeConfig
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
 from sync_splat.sampler import SyncSampler
-from sync_splat.scene.files import refuse_existing
+from sync_splat.scene.files import check_outputs, staged_files
 from sync_splat.scene.images import write_image_rows
 from sync_splat.scene.mesh import MeshAsset, UVMode
 
@@ -69,12 +69,15 @@ def texture_mesh(
 ) -> MeshTextureResult:
     """Paint `mesh_path` from `config.prompt` and write the textured mesh and a PNG grid of the views to `out_dir`.
 
+    The five files appear together when all are written, or not at all.
+
     Raises:
-        InputError: an output file exists already, the mesh cannot be used, or the denoiser cannot be built.
+        InputError: an output file exists already or cannot be written, the mesh cannot be used, or the denoiser
+            cannot be built.
     """
     out_dir = Path(out_dir)
     paths = tuple(out_dir / name for name in OUTPUT_NAMES)
-    refuse_existing(*paths)
+    check_outputs(*paths)
     mesh = MeshAsset.load(mesh_path, uvs=config.uvs)
     denoiser = config.build_denoiser()
     bridge = config.bridge.setup(denoiser, mesh)
@@ -85,8 +88,8 @@ def texture_mesh(
     views = denoiser.decode(result.x).float().cpu()
     texture = bridge.bake_rgb(views)
     renders = bridge.render_rgb(texture, background=1.0)
-    obj, mtl, png, glb, grid = paths
-    bridge.write(texture, obj)
-    bridge.write(texture, glb)
-    write_image_rows((views, renders), grid)
+    with staged_files(*paths) as (obj, mtl, png, glb, grid):
+        bridge.write(texture, obj)  # also writes the .mtl and .png beside it
+        bridge.write(texture, glb)
+        write_image_rows((views, renders), grid)
     return MeshTextureResult(paths=paths, texture=texture, views=views, renders=renders)

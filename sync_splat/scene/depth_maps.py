@@ -3,10 +3,11 @@
 A depth map is a 2:1 equirectangular image (docs/conventions.md: row 0 north, longitude growing to the right, the
 seam at the left and right edges) holding, per texel, the distance to the scene along that direction. Formats:
 
-- `.npy`: a 2D array of real numbers (loaded without pickle);
+- `.npy`: a 2D array of real numbers (loaded without pickle; the header is checked against the file's size first, so
+  a header that claims more than the file holds allocates nothing);
 - `.png`: a single-channel **16-bit** PNG of integers, times `png_scale` (0.001 reads millimetres as metres). An
   8-bit PNG holds no metric depth (the official SyncTweedies code conditioned on a colour-mapped `*_vis.png` with
-  uint8 wrap-around, reference/synctweedies.md pitfall 7), so it is refused;
+  uint8 wrap-around, which folds far depths onto near ones), so it is refused;
 - `.exr`: read through imageio where a plugin for it is installed (one channel, or identical channels); otherwise
   the error says to convert it to `.npy`;
 - `.dpt`: the Sintel / 360MonoDepth binary format, little-endian: a float32 tag 202021.25, int32 width, int32
@@ -74,6 +75,7 @@ def read_depth_map(path: str | Path, png_scale: float = 0.001) -> Float[Tensor, 
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    _check_npy_header(path)
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as error:  # pickled object arrays, or a corrupt header
@@ -85,6 +87,40 @@ def _read_npy(path: Path) -> np.ndarray:
     ):
         raise InputError(f"{path}: a depth map must hold real numbers, got dtype {getattr(array, 'dtype', None)}")
     return array
+
+
+def _check_npy_header(path: Path) -> None:
+    """Read only the .npy header and refuse a file that is empty, not a .npy, or shorter or longer than the array
+    its header declares, before anything is allocated for it."""
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes): save the depth map with numpy.save")
+    try:
+        with path.open("rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise ValueError(f"unsupported .npy version {version}")
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(stream)
+            data_offset = stream.tell()
+    except (ValueError, EOFError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{path}: not a readable .npy file ({reason}): save the depth map with numpy.save") from None
+    if dtype.hasobject:
+        raise InputError(
+            f"{path}: a depth map must hold real numbers, got dtype {dtype} (pickled Python objects): save a float "
+            "array with numpy.save"
+        )
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    available = size - data_offset
+    if needed != available:
+        state = "truncated" if needed > available else "corrupt"
+        raise InputError(
+            f"{path}: {state}: its header declares a {dtype} array of shape {tuple(shape)} ({needed} bytes) but "
+            f"{available} bytes follow the header: save the depth map again with numpy.save"
+        )
 
 
 def _read_png(path: Path, png_scale: float) -> np.ndarray:

@@ -16,6 +16,11 @@ parts each with its own texture): one texel would then have to hold two surfaces
 rasterising the layout at 256 x 256 texels: the UV triangles' summed area may exceed the covered area by at most
 `MAX_UV_OVERLAP` (10%).
 
+Geometry is refused before any work when it cannot be rendered: non-finite vertices, coordinates beyond
+`MAX_COORDINATE` (corrupt files; single-precision normals overflow there), all vertices at one point, or every
+triangle of zero area. Normals, areas and xatlas's input are computed on the mesh moved to unit size in double
+precision (`unit_size`), so a mesh's size and offset do not matter to them.
+
 Export (`MeshAsset.save`) writes the mesh in its own coordinates (normalisation is for rendering only) with a
 texture image: `name.obj` + `name.mtl` + `name.png`, or a binary glTF `name.glb` (trimesh `TextureVisuals` with a
 PIL image). Every file is written to a temporary name beside its destination and renamed into place, the OBJ last,
@@ -46,7 +51,11 @@ MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply")
 MAX_UV_OVERLAP = 0.10
 """UV triangles may cover at most this fraction more area than their union (seams, slivers) before they count as
 overlapping."""
+MAX_COORDINATE = 1e18
+"""Largest vertex coordinate magnitude accepted: beyond it, squared lengths and cross products of the single-precision
+positions overflow (in renderers and viewers as well as here); such coordinates come from corrupt files."""
 _UV_TOLERANCE = 1e-3
+_ZERO_AREA = 1e-12  # of the unit-size mesh's squared extent
 _OVERLAP_RESOLUTION = 256
 
 
@@ -172,9 +181,10 @@ class MeshAsset:
         )  # fmt: skip
 
     def bounding_sphere(self) -> tuple[Float[Tensor, "3"], float]:
-        """The centre of the axis-aligned bounding box and the largest vertex distance from it."""
-        centre = (self.vertices.amin(0) + self.vertices.amax(0)) / 2
-        return centre, float((self.vertices - centre).norm(dim=-1).amax())
+        """The centre of the axis-aligned bounding box and the largest vertex distance from it (float64 maths)."""
+        positions = self.vertices.double()
+        centre = (positions.amin(0) + positions.amax(0)) / 2
+        return centre.to(self.vertices.dtype), float((positions - centre).norm(dim=-1).amax())
 
     def normalized(self, radius: float = 1.0) -> MeshAsset:
         """The same mesh centred at its bounding-box centre and scaled so the farthest vertex is at `radius`.
@@ -182,9 +192,7 @@ class MeshAsset:
         The official code centres at the vertex mean, which drifts towards densely tessellated parts; the box
         centre does not. With the paper's cameras (distance 2, field of view 60 degrees) a unit sphere just fits.
         """
-        centre, extent = self.bounding_sphere()
-        scale = radius / extent if extent > 0 else 1.0
-        return replace(self, vertices=(self.vertices - centre) * scale)
+        return replace(self, vertices=(unit_size(self.vertices) * radius).to(self.vertices.dtype))
 
     # ---- export ---------------------------------------------------------------------------------------------
 
@@ -249,7 +257,39 @@ def _checked_geometry(vertices: np.ndarray | Tensor, faces: np.ndarray | Tensor,
             f"{where}: {bad} of {vertices_t.shape[0]} vertices are not finite (NaN or inf): repair the mesh (e.g. "
             "Blender's Mesh > Clean Up) and export it again"
         )
+    largest = float(vertices_t.abs().max())
+    if largest > MAX_COORDINATE:
+        raise InputError(
+            f"{where}: vertex coordinates reach {largest:.3g}, beyond +-{MAX_COORDINATE:.0e}, where single-precision "
+            "lengths and normals overflow: the file is likely corrupt; otherwise rescale the mesh (e.g. to metres)"
+        )
+    if float((vertices_t.amax(0) - vertices_t.amin(0)).max()) == 0.0:
+        raise InputError(
+            f"{where}: every vertex sits at one point (in single precision): the mesh has no surface to texture"
+        )
+    if float(_face_areas(unit_size(vertices_t), faces_t).max()) <= _ZERO_AREA:
+        raise InputError(
+            f"{where}: every triangle has zero area (its vertices are repeated or on one line): the mesh has no "
+            "surface to texture; repair or re-export it"
+        )
     return vertices_t, faces_t
+
+
+def unit_size(vertices: Float[Tensor, "V 3"]) -> Float[Tensor, "V 3"]:
+    """`vertices` in float64, centred at their bounding-box centre and scaled so the farthest one is at distance 1.
+
+    Normals, areas and UV charts do not change under this, and computing them here keeps them exact for meshes of
+    any size and offset (in single precision, xatlas loses small meshes to underflow and hangs on large ones).
+    """
+    positions = vertices.double()
+    centred = positions - (positions.amin(0) + positions.amax(0)) / 2
+    extent = centred.norm(dim=-1).amax() if centred.numel() else centred.new_zeros(())
+    return centred / extent if extent > 0 else centred
+
+
+def _face_areas(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) -> Float[Tensor, " F"]:
+    triangle = vertices[faces]
+    return 0.5 * torch.linalg.cross(triangle[:, 1] - triangle[:, 0], triangle[:, 2] - triangle[:, 0]).norm(dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,30 +328,38 @@ def vertex_normals(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) 
     """Area-weighted vertex normals; vertices at the same position (split along UV seams) share one normal."""
     positions, merged = torch.unique(vertices, dim=0, return_inverse=True)
     corners = merged[faces]
-    triangle = positions[corners]
+    unit = unit_size(positions)  # float64 at unit size: no overflow or underflow in the products below
+    triangle = unit[corners]
     face_normal = torch.linalg.cross(triangle[:, 1] - triangle[:, 0], triangle[:, 2] - triangle[:, 0])  # 2 x area
-    summed = torch.zeros_like(positions).index_add_(0, corners.reshape(-1), face_normal.repeat_interleave(3, dim=0))
+    summed = torch.zeros_like(unit).index_add_(0, corners.reshape(-1), face_normal.repeat_interleave(3, dim=0))
     normal = torch.nn.functional.normalize(summed, dim=-1)
-    return normal[merged]
+    return normal[merged].to(vertices.dtype)
 
 
 def _xatlas_uvs(vertices: Tensor, faces: Tensor, where: str) -> Float[Tensor, "F 3 2"]:
     """A fresh UV atlas from xatlas, per face corner in the input's face order.
 
     Vertices at the same position are merged first, so seams of the file's old layout do not split xatlas charts.
+    xatlas sees the mesh at unit size (`unit_size`): its single-precision maths fails on very small or large meshes.
     """
     import xatlas
 
     positions, merged = torch.unique(vertices, dim=0, return_inverse=True)
     try:
         _, indices, uvs = xatlas.parametrize(
-            positions.numpy().astype(np.float32), merged[faces].numpy().astype(np.uint32)
+            unit_size(positions).numpy().astype(np.float32), merged[faces].numpy().astype(np.uint32)
         )
     except Exception as error:  # xatlas raises plain RuntimeErrors on degenerate input
         raise InputError(
             f"{where}: xatlas could not build a UV atlas ({error}): repair the mesh or give it UVs"
         ) from error
-    return torch.as_tensor(uvs, dtype=torch.float32)[torch.as_tensor(indices.astype(np.int64))]
+    face_uvs = torch.as_tensor(uvs, dtype=torch.float32)[torch.as_tensor(indices.astype(np.int64))]
+    if not bool(torch.isfinite(face_uvs).all()):
+        raise InputError(
+            f"{where}: xatlas could not build a UV atlas (it returned non-finite UVs; the triangles are nearly "
+            "degenerate): repair the mesh (e.g. Blender's Mesh > Clean Up) or give it UVs"
+        )
+    return face_uvs
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The paper's case analysis, made measurable on the CPU with the exact Gaussian-texture prior.
 
 SyncTweedies claims that only case 2 (averaging Tweedie estimates) works for all three projection types: 1-to-1,
-1-to-n and n-to-1 (reference/synctweedies.md §3.4). With a linear f, consistent initial noise and f(g(f(z))) = f(z),
+1-to-n and n-to-1. With a linear f, consistent initial noise and f(g(f(z))) = f(z),
 every case follows the same trajectory (tests/test_sampler.py), so this study varies what really separates them:
 
 - initial noise: consistent (x_T = f(z_T)) or independent per view (canonical cases always start from z_T);
@@ -32,6 +32,8 @@ from torch import Tensor
 from sync_splat.bridges.base import Bridge
 from sync_splat.conditions import ViewConditions
 from sync_splat.denoisers.prior import GaussianTexturePrior
+from sync_splat.errors import InputError
+from sync_splat.functional.diffusion import NoiseSchedule
 from sync_splat.sampler import PAPER_CASES, SyncConfig, SyncSampler
 from sync_splat.scene.files import atomic_output
 from sync_splat.scene.images import write_png
@@ -42,6 +44,8 @@ from sync_splat.studies.wide_image import WideImageBridge
 CHANNELS = 3
 LOW_BAND = 0.125
 """Radial frequencies (cycles per pixel) up to this, DC excluded, form the low band; the rest the high band."""
+MIN_SIZE = round(1 / LOW_BAND)
+"""Smallest view side: the lowest nonzero frequency of a view of side s is 1 / s cycles per pixel."""
 CONSISTENT_SETTINGS = "consistent"
 
 
@@ -149,6 +153,19 @@ class CaseStudy:
     size: int = 16
     projections: tuple[Projection, ...] = PROJECTIONS
     priors: tuple[str, ...] = PRIORS
+
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot run before any work (the options of `sync-splat case-study`)."""
+        if self.seeds < 1:
+            raise InputError(f"--seeds must be at least 1, got {self.seeds}")
+        most = NoiseSchedule.scaled_linear().num_train_timesteps  # the priors' schedule
+        if not 1 <= self.num_steps <= most:
+            raise InputError(f"--num-steps must be in 1..{most} (the schedule's train timesteps), got {self.num_steps}")
+        if self.size < MIN_SIZE:
+            raise InputError(
+                f"--size must be at least {MIN_SIZE} pixels, got {self.size}: the low frequency band (up to "
+                f"{LOW_BAND} cycles per pixel) is empty in smaller views"
+            )
 
     def measure(self, prior: GaussianTexturePrior, projection: Projection, config: SyncConfig) -> Measurement:
         """Run one setting for all seeds at once and measure it."""

@@ -11,8 +11,7 @@ seam at the left and right edges) holding, per texel, the distance to the scene 
 - `.exr`: read through imageio where a plugin for it is installed (one channel, or identical channels); otherwise
   the error says to convert it to `.npy`;
 - `.dpt`: the Sintel / 360MonoDepth binary format, little-endian: a float32 tag 202021.25, int32 width, int32
-  height, then `height * width` float32 depths, row-major (as `read_dpt` in 360MonoDepth's
-  `code/python/src/utility/depthmap_utils.py`).
+  height, then `height * width` float32 depths, row-major (as 360MonoDepth's own reader).
 
 Every problem is one `InputError` line naming the file, what is wrong and the fix. Inputs are only read.
 Depth is scale-free for the panorama pipeline (ControlNet sees min-max normalised inverse depth), so `png_scale`

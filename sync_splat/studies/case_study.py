@@ -1,8 +1,8 @@
 """The paper's case analysis, made measurable on the CPU with the exact Gaussian-texture prior.
 
 SyncTweedies claims that only case 2 (averaging Tweedie estimates) works for all three projection types: 1-to-1,
-1-to-n and n-to-1. With a linear f, consistent initial noise and f(g(f(z))) = f(z),
-every case follows the same trajectory (tests/test_sampler.py), so this study varies what really separates them:
+1-to-n and n-to-1. With a linear f, consistent initial noise and f(g(f(z))) = f(z), every case follows the same
+trajectory (tests/test_sampler.py), so this study varies what really separates them:
 
 - initial noise: consistent (x_T = f(z_T)) or independent per view (canonical cases always start from z_T);
 - projections: 1-to-1 flips and turns, 1-to-n crops, a 1-to-n nearest-neighbour inner rotation, an n-to-1 averaged
@@ -15,7 +15,8 @@ Metrics, over many seeds per setting:
   frequency band, divided by that of case 0's own views (independent DDIM samples: discretisation alone loses a
   little power, so they are the reference, not the prior);
 - inconsistency: mean |x_i - f_i(g(x))| of the views' final states on covered pixels, before the last aggregation;
-- for the mixture, each delivered view's most likely component, as a histogram (mode collapse shows there);
+- for the mixture, each delivered view's most likely component, as a histogram (mode collapse shows there); the
+  classifier accounts for the noise DDIM's last step leaves (`delivered_components`);
 - divergence: non-finite values, or a band power off by more than 10x.
 """
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from jaxtyping import Float, Int64
 from torch import Tensor
 
 from sync_splat.bridges.base import Bridge
@@ -131,6 +133,28 @@ class Measurement:
     views: Tensor
 
 
+def delivered_components(prior: GaussianTexturePrior, views: Float[Tensor, "N 3 h w"]) -> Int64[Tensor, " N"]:
+    """The mixture component each delivered view most likely came from: the argmax over m of p(m | view) at t = 0.
+
+    A DDIM run does not end on a clean image. Its last step lands on the schedule's final alpha_bar, which on Stable
+    Diffusion's schedule (`set_alpha_to_one=False`) is alpha_bar(0) = 1 - 8.5e-4, so a view carries the noise of
+    x_0 = sqrt(a) x0 + sqrt(1 - a) eps. That residual noise variance is larger than the smallest variances of some
+    components (camouflage's desert has a colour direction with 1e-6), so the clean-image likelihood
+    `component_log_likelihood` rules such a component out for every view. The exact posterior of a draw of x_0 is
+    `responsibilities(views, t=0)`: the likelihood N(sqrt(a) mu_m, a Sigma_m + (1 - a) I) with the same a.
+
+    Raises:
+        ValueError: the prior's schedule ends DDIM anywhere but alpha_bar(0), where t = 0 would not be exact.
+    """
+    schedule = prior.schedule
+    if schedule.alpha_bar(-1) != schedule.alpha_bar(0):
+        raise ValueError(
+            f"the component histogram assumes DDIM ends on alpha_bar(0) = {schedule.alpha_bar(0):.6f}, "
+            f"but this schedule ends on {schedule.alpha_bar(-1):.6f}"
+        )
+    return prior.responsibilities(views, t=0).argmax(dim=1)
+
+
 def band_powers(x: Tensor, expected: Tensor) -> tuple[float, float]:
     """Measured over expected power of images `x` `[B, 3, h, w]` in the low and high bands (DC excluded)."""
     h, w = x.shape[-2:]
@@ -151,6 +175,8 @@ class CaseStudy:
     seeds: int = 16
     num_steps: int = 50
     size: int = 16
+    sync_until: float = SyncConfig.sync_until
+    """The synchronised fraction of the schedule, for every case (see `SyncConfig.sync_until`)."""
     projections: tuple[Projection, ...] = PROJECTIONS
     priors: tuple[str, ...] = PRIORS
 
@@ -183,9 +209,7 @@ class CaseStudy:
         expected = prior.power_spectrum(self.size, self.size)
         low, high = band_powers(delivered, expected)
         own_low, own_high = band_powers(result.x, expected)
-        components = torch.bincount(
-            prior.component_log_likelihood(delivered).argmax(dim=1), minlength=prior.num_components
-        )
+        components = torch.bincount(delivered_components(prior, delivered), minlength=prior.num_components)
         diverged = not bool(torch.isfinite(delivered).all()) or not all(0.1 < p < 10 for p in (low, high))
         return Measurement(low, high, own_low, own_high, inconsistency, diverged, tuple(components.tolist()), delivered)
 
@@ -209,6 +233,7 @@ class CaseStudy:
                             aggregate=aggregate,
                             state_space=state_space,
                             num_steps=self.num_steps,
+                            sync_until=self.sync_until,
                             consistent_noise=noise == CONSISTENT_SETTINGS,
                         )
                         results[key] = self.measure(prior, projection, config)
@@ -236,10 +261,12 @@ class CaseStudy:
         return {"case2_worst_rel_fidelity": worst, "case2_max_inconsistency": inconsistency, "seconds": seconds}
 
     def _report(self, results, summary: dict[str, float]) -> str:
+        num_train_timesteps = GaussianTexturePrior.from_prompt(self.priors[0]).schedule.num_train_timesteps
+        window = f"t > {(1.0 - self.sync_until) * num_train_timesteps:g} of {num_train_timesteps}"
         lines = [
             "# Case study: the paper's synchronisation cases on the exact Gaussian-texture prior",
             "",
-            f"{self.seeds} seeds per setting, {self.num_steps} DDIM steps (eta 0, synchronised while t > 200), "
+            f"{self.seeds} seeds per setting, {self.num_steps} DDIM steps (eta 0, synchronised while {window}), "
             f"{self.size}x{self.size} views, generated by `sync-splat case-study`.",
             "",
             "Each cell: the delivered views' fidelity (power over the prior's) relative to case 0's own views "
@@ -277,7 +304,9 @@ class CaseStudy:
                 lines += [
                     f"### Prior '{prior}': most likely component of each delivered view (consistent noise)",
                     "",
-                    f"The prior's component weights are {weights}; a histogram far from them is mode collapse.",
+                    f"The prior's component weights are {weights}. Each view is classified by p(m | view) at t = 0, "
+                    "which accounts for the noise DDIM's last step leaves. All settings start from one generator "
+                    "seed, so a row's cases share their initial noise.",
                     "",
                     "| projection | " + " | ".join(f"case {c}" for c in cases) + " |",
                     "|---|" + "---|" * len(cases),

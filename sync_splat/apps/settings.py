@@ -63,10 +63,10 @@ class SamplingSettings:
 
     def check_steps(self, denoiser: Denoiser) -> None:
         """Refuse more denoising steps than `denoiser`'s schedule has train timesteps (each step needs its own)."""
-        most = denoiser.schedule.num_train_timesteps
+        most, total = denoiser.schedule.max_steps, denoiser.schedule.num_train_timesteps
         if self.steps > most:
             raise InputError(
-                f"--steps {self.steps} is more than the denoiser's schedule allows: at most {most} (its {most} train "
+                f"--steps {self.steps} is more than the denoiser's schedule allows: at most {most} (its {total} train "
                 "timesteps); 20-50 steps are usual"
             )
 

@@ -95,11 +95,20 @@ class NoiseSchedule:
         final = 1.0 if set_alpha_to_one else float(alphas_cumprod[0])
         return cls(alphas_cumprod, final, spacing, steps_offset)
 
+    @property
+    def max_steps(self) -> int:
+        """The most inference steps whose timesteps all exist: "leading" spacing with an offset (SD 1.5's 1) would
+        reach timestep T with T steps, so it stops one short."""
+        total = self.num_train_timesteps
+        if self.timestep_spacing == "leading":
+            return next(n for n in range(total, 0, -1) if (n - 1) * (total // n) + self.steps_offset < total)
+        return total
+
     def timesteps(self, num_steps: int) -> Tensor:
         """Inference timesteps, descending, int64 (the same as diffusers' `set_timesteps`)."""
         total = self.num_train_timesteps
-        if not 1 <= num_steps <= total:
-            raise ValueError(f"num_steps must be in 1..{total}, got {num_steps}")
+        if not 1 <= num_steps <= self.max_steps:
+            raise ValueError(f"num_steps must be in 1..{self.max_steps}, got {num_steps}")
         if self.timestep_spacing == "leading":
             ratio = total // num_steps
             steps = (torch.arange(num_steps, dtype=torch.float64) * ratio).round().flip(0) + self.steps_offset

@@ -129,3 +129,20 @@ def test_ddim_with_eta_needs_noise() -> None:
 def test_timesteps_reject_bad_counts() -> None:
     with pytest.raises(ValueError, match="num_steps"):
         NoiseSchedule.scaled_linear().timesteps(0)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        NoiseSchedule.scaled_linear(),
+        NoiseSchedule.linear(),
+        NoiseSchedule.scaled_linear(timestep_spacing="trailing", steps_offset=0),
+    ],
+)
+def test_the_most_steps_a_schedule_allows_all_exist(schedule: NoiseSchedule) -> None:
+    most = schedule.max_steps
+    timesteps = schedule.timesteps(most)
+    assert timesteps.max() < schedule.num_train_timesteps and timesteps.min() >= 0
+    assert len(set(timesteps.tolist())) == most
+    with pytest.raises(ValueError, match=f"1..{most}"):
+        schedule.timesteps(most + 1)

@@ -155,7 +155,7 @@ def test_bench_unproject_runs_at_a_tiny_size(capsys) -> None:
         assert 0 < seconds < 60
     assert comparison.e2e_scale == 5
     # The rasterising baseline is the same fit as the one on the weights.
-    assert comparison.renderer_check < 1e-4
+    assert comparison.renderer_check < 1e-3
 
 
 def test_bench_unproject_layouts_are_the_weights_per_view() -> None:

@@ -1,13 +1,15 @@
-"""Benchmark the mesh-texture bridge at the paper's sizes: seconds per sampling step, split into f and g.
+"""Benchmark the mesh-texture bridge at the paper's sizes: seconds per sampling step of f and g.
 
-One synchronised step of SyncTweedies (case 2) costs, beside the denoiser, one aggregation g (the per-view sums,
-`unproject_sums`, then the division and the fill of unseen texels, `fill`) and one projection f (`project`). This
-times the three on random latents, without a denoiser: a 4 x 1536 x 1536 latent texture and 10 views of 96 x 96
+One synchronised step of SyncTweedies (case 2) costs, beside the denoiser, one aggregation g (`unproject`: the
+per-view sums, `unproject_sums`, then the division and the fill of unseen texels) and one projection f (`project`).
+This times them on random latents, without a denoiser: a 4 x 1536 x 1536 latent texture and 10 views of 96 x 96
 latents (768-pixel images, SD's factor 8), on the clutch-bag fixture (or a generated sphere when it is absent).
-The one-off geometry precomputation (rasterising views and UV layout, building the bake, the jump flood of unseen
-texels) is timed separately. Prints a Markdown table; the last line is `RESULT seconds_per_step=<float>`.
+The per-view sums are also timed on their own, so "of which" rows split g. The one-off geometry precomputation
+(rasterising views and UV layout, building the bake, the jump flood of unseen texels) is timed separately. Prints a
+Markdown table; the last line is `RESULT seconds_per_step=<float> setup_s=<float>` (per step: f + g).
 
     python scripts/bench_mesh.py [--mesh PATH] [--repeats 5] [--threads 2]
+    python scripts/bench_mesh.py --texture-size 64 --view-size 64 --repeats 1   # a quick check
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from shared_fixtures import find_fixture
 
 from sync_splat.bridges.mesh import MeshBridgeConfig
 from sync_splat.codec import PixelCodec
+from sync_splat.errors import InputError, one_line_errors
 from sync_splat.render.mesh import Backend
 from sync_splat.scene.mesh import MeshAsset
 
@@ -37,7 +40,7 @@ def sphere_mesh(subdivisions: int = 5) -> MeshAsset:
 
 @dataclass(frozen=True)
 class BenchMesh:
-    """Time one sampling step of the mesh bridge (f, and g split into sums and fill) at the paper's sizes."""
+    """Time one sampling step of the mesh bridge (f and g, the per-view sums of g apart) at the paper's sizes."""
 
     mesh: Path | None = None
     """Mesh to texture; None: the clutch_bag.obj fixture, or a generated sphere when it is absent."""
@@ -57,13 +60,18 @@ class BenchMesh:
     """Mesh rasteriser."""
     device: str = "auto"
     """Device of the bridge and the latents ("auto": CUDA when available)."""
+    sphere_subdivisions: int = 5
+    """Subdivisions of the generated sphere used when there is no mesh (5: 20 480 faces)."""
 
-    def main(self) -> None:
+    def main(self) -> dict[str, float]:
+        """Time the bridge, print the table and the RESULT line; returns the medians per phase and the setup."""
+        if min(self.texture_size, self.view_size, self.downsample, self.channels, self.repeats) < 1:
+            raise InputError("bench_mesh: the sizes, --channels and --repeats must be positive")
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         path = self.mesh or find_fixture("clutch_bag.obj")
         start = time.perf_counter()
-        mesh = MeshAsset.load(path) if path is not None else sphere_mesh()
+        mesh = MeshAsset.load(path) if path is not None else sphere_mesh(self.sphere_subdivisions)
         load_s = time.perf_counter() - start
         config = MeshBridgeConfig(
             view_size=self.view_size, texture_size=self.texture_size, backend=self.backend, device=self.device
@@ -87,23 +95,21 @@ class BenchMesh:
                 torch.cuda.synchronize()
             return out, time.perf_counter() - begin
 
-        times: dict[str, list[float]] = {"project (f)": [], "unproject sums (g: splat, per-view fill, weights)": [],
-                                         "fill (g: divide, unseen texels)": []}  # fmt: skip
+        times: dict[str, list[float]] = {"f: project": [], "g: unproject": [], "of which g's per-view sums": []}
         for repeat in range(self.repeats + 1):
-            (num, den), sums_s = timed(bridge.unproject_sums, x)
-            z, fill_s = timed(bridge._on(device).bake.fill, num, den)
+            _, sums_s = timed(bridge.unproject_sums, x)
+            z, unproject_s = timed(bridge.unproject, x)
             _, project_s = timed(bridge.project, z, x)
             if repeat > 0:  # the first step warms caches up
-                for key, value in zip(times, (project_s, sums_s, fill_s), strict=True):
+                for key, value in zip(times, (project_s, unproject_s, sums_s), strict=True):
                     times[key].append(value)
         medians = {key: statistics.median(values) for key, values in times.items()}
-        per_step = sum(medians.values())
+        per_step = medians["f: project"] + medians["g: unproject"]
 
-        bake = bridge._on(device).bake
         name = path.name if path is not None else "icosphere (generated)"
         print(f"mesh: {name}, {mesh.num_faces} faces; device: {device}, torch threads: {torch.get_num_threads()}")
-        print(f"texture {bridge.canonical_shape}, views {bridge.num_views} x {bridge.instance_shape}, "
-              f"{bake.texel.numel()} (texel, pixel) pairs")  # fmt: skip
+        print(f"texture {bridge.canonical_shape}, views {bridge.num_views} x {bridge.instance_shape}; medians of "
+              f"{self.repeats} steps after one warm-up")  # fmt: skip
         print()
         print("| phase | seconds |")
         print("|---|---|")
@@ -111,9 +117,16 @@ class BenchMesh:
         print(f"| bridge setup: rasterise, bake, flood (once) | {setup_s:.3f} |")
         for key, value in medians.items():
             print(f"| {key}, per step | {value:.4f} |")
-        print(f"| **total per step** | **{per_step:.4f}** |")
-        print(f"RESULT seconds_per_step={per_step:.6f}")
+        print(f"| **f + g per step** | **{per_step:.4f}** |")
+        print(f"RESULT seconds_per_step={per_step:.6f} setup_s={setup_s:.6f}")
+        return {**medians, "per step": per_step, "setup": setup_s}
+
+
+def main() -> None:
+    settings = tyro.cli(BenchMesh)
+    with one_line_errors("bench_mesh"):
+        settings.main()
 
 
 if __name__ == "__main__":
-    tyro.cli(BenchMesh).main()
+    main()

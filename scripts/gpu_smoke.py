@@ -47,20 +47,27 @@ class GpuSmoke:
 
 
 class PhaseTimer:
-    """Exclusive wall time per phase: a phase called inside another one (the VAE inside the colour fit) is charged
-    to itself only. On CUDA the device is synchronised at every boundary, so kernels are charged to the phase that
-    queued them."""
+    """Exclusive wall time and calls per phase: a phase called inside another one (the VAE inside the colour fit) is
+    charged to itself only. On CUDA the device is synchronised at every boundary, so kernels are charged to the phase
+    that queued them.
 
-    def __init__(self, device: torch.device) -> None:
+    Args:
+        device: where the timed work runs.
+        clock: seconds since any fixed point (the tests pass a fake one).
+    """
+
+    def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> None:
         self.device = device
+        self.clock = clock
         self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
         self._stack: list[str] = []
         self._mark = 0.0
 
     def _switch(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
+        now = self.clock()
         if self._stack:
             self.seconds[self._stack[-1]] += now - self._mark
         self._mark = now
@@ -68,6 +75,7 @@ class PhaseTimer:
     def wrap(self, phase: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
             self._switch()
+            self.calls[phase] += 1
             self._stack.append(phase)
             try:
                 return function(*args, **kwargs)
@@ -96,8 +104,34 @@ def load_scene(name: str, device: torch.device) -> GaussianScene:
     return GaussianScene.load(path).to(device)
 
 
-def smoke(settings: GpuSmoke, device: torch.device) -> None:
-    """The smoke run on `device` (the command line always passes CUDA; the tests run it on the CPU)."""
+PHASES = ("unet", "vae", "render", "fit")
+
+
+@dataclass(frozen=True)
+class SceneTiming:
+    """One scene's row of the table: wall seconds of the whole restyle and of each phase, calls per phase."""
+
+    name: str
+    gaussians: int
+    total_s: float
+    seconds: dict[str, float]
+    calls: dict[str, int]
+    peak_vram_gib: float | None
+
+    @property
+    def other_s(self) -> float:
+        """What no phase was charged: sampling arithmetic, conditions, export."""
+        return self.total_s - sum(self.seconds.values())
+
+    def cells(self) -> list[str]:
+        times = [f"{self.seconds[phase]:.3g}" for phase in PHASES] + [f"{self.other_s:.3g}"]
+        peak = "-" if self.peak_vram_gib is None else f"{self.peak_vram_gib:.2f}"
+        return [self.name, str(self.gaussians), f"{self.total_s:.3g}", *times, peak]
+
+
+def smoke(settings: GpuSmoke, device: torch.device) -> list[SceneTiming]:
+    """The smoke run on `device` (the command line always passes CUDA; the tests run it on the CPU); returns the
+    table's rows."""
     refuse_existing(settings.out)
     config = replace(settings.restyle, denoiser="sd", sd=replace(settings.restyle.sd, device=str(device)))
     started = time.perf_counter()
@@ -122,17 +156,17 @@ def smoke(settings: GpuSmoke, device: torch.device) -> None:
         total = time.perf_counter() - started
         result.scene.save(settings.out / f"{name}.ply")
         write_image_rows((result.before, result.after), settings.out / f"{name}_views.png")
-        phases = {phase: timer.seconds.get(phase, 0.0) for phase in ("unet", "vae", "render", "fit")}
-        phases["other"] = total - sum(phases.values())
-        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}" if on_cuda else "-"
-        rows.append((name, scene.num_gaussians, total, phases, peak))
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else None
+        seconds = {phase: timer.seconds.get(phase, 0.0) for phase in PHASES}
+        calls = {phase: timer.calls.get(phase, 0) for phase in PHASES}
+        rows.append(SceneTiming(name, scene.num_gaussians, total, seconds, calls, peak))
     print(f"\n{config.steps} steps, {config.views + 1} views, case {config.case}, prompt {config.prompt!r}\n")
     print("| scene | Gaussians | total s | UNet s | VAE s | render s | fit s | other s | peak VRAM GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, count, total, phases, peak in rows:
-        times = " | ".join(f"{phases[p]:.3g}" for p in ("unet", "vae", "render", "fit", "other"))
-        print(f"| {name} | {count} | {total:.3g} | {times} | {peak} |")
+    for row in rows:
+        print("| " + " | ".join(row.cells()) + " |")
     print(f"\nwrote {settings.out}/")
+    return rows
 
 
 def main() -> None:

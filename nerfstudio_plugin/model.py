@@ -6,8 +6,8 @@ It subclasses `SplatfactoModel` so that everything built for splatfacto accepts 
 - the Gaussians come from a `GaussianScene` (the pipeline's source), not from seed points or a random
   initialisation, and no parameter requires a gradient: nothing is optimised, there is no densification (the
   gsplat strategy's callbacks are not registered) and `get_param_groups` is empty;
-- rendering goes through `sync_splat.render.render_gaussians`: gsplat on CUDA, the pure-torch compositor on the
-  CPU (stock splatfacto calls `.cuda()` and gsplat's CUDA kernels unconditionally). Colours are the SH colours
+- rendering goes through `sync_splat.render.gaussians.render_gaussians`: gsplat on CUDA, the pure-torch compositor
+  on the CPU (stock splatfacto calls `.cuda()` and gsplat's CUDA kernels unconditionally). Colours are the SH colours
   seen from the camera centre, so the source looks as it did in splatfacto until the first colours are written;
 - LPIPS is a stub that needs no download (splatfacto builds AlexNet-LPIPS, which fails offline);
 - `set_colors` writes view-independent colours: the DC coefficient `(rgb01 - 0.5) / SH_C0` (a degree-0 model

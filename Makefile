@@ -5,9 +5,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup browser demo test lint clean-venv
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Debian's chromium: the headless browser the viewer's tests draw pages in (they skip, saying why, without one).
+# Installed only where this runs as root with apt-get; checked on every run, so a machine set up before gets it too.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+	  && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	    || echo "warning: could not install chromium: the browser tests of the viewer will skip"; \
+	fi
 
 # libusb-1.0-0 is the system library open3d (pulled in by nerfstudio) needs at import time.
 $(STAMP): pyproject.toml

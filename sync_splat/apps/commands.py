@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
 from sync_splat.apps.paint_panorama import PanoramaConfig
 from sync_splat.apps.restyle import RestyleConfig
 from sync_splat.apps.texture_mesh import MeshTextureConfig
+from sync_splat.apps.view import ViewConfig
 from sync_splat.errors import InputError
 from sync_splat.scene.files import check_outputs, staged_files, staged_folder
 
@@ -28,10 +29,12 @@ class RestyleCommand:
     """The scene: a 3DGS/nerfstudio .ply, a splatfacto run's config.yml, or a .ckpt."""
     out: Path
     """The restyled .ply to write; must not exist yet. A PNG grid of the views is written beside it."""
+    view: bool = False
+    """Then show the result in the browser (`sync-splat view OUT --before SCENE`, with the views' cameras)."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
     def main(self) -> None:
-        from sync_splat.apps.restyle import restyle
+        from sync_splat.apps.restyle import orbit_cameras, restyle
         from sync_splat.scene.gaussians import GaussianScene
         from sync_splat.scene.images import write_image_rows
 
@@ -39,11 +42,22 @@ class RestyleCommand:
             raise InputError(f"--out {self.out}: the restyled scene is written as a .ply file")
         grid = self.out.with_name(self.out.stem + "_views.png")
         check_outputs(self.out, grid)
-        result = restyle(GaussianScene.load(self.scene), self.restyle)
+        source = GaussianScene.load(self.scene)
+        result = restyle(source, self.restyle)
         with staged_files(self.out, grid) as (ply_tmp, grid_tmp):
             result.scene.save(ply_tmp)
             write_image_rows((result.before, result.after), grid_tmp)
         print(f"wrote {self.out} and {grid}")
+        if self.view:
+            import torch
+
+            from sync_splat.apps.view import InstanceViews, open_page, serve
+
+            # The rig `restyle` used: the same scene and settings give the same cameras at the views' size.
+            cameras = orbit_cameras(source, self.restyle.views, result.after.shape[-1], self.restyle.fov_deg)
+            fov_y = 2 * torch.atan(cameras.height / (2 * cameras.Ks[:, 1, 1]))
+            instances = InstanceViews(c2w=cameras.c2w, fov_y=fov_y, images=result.after)
+            serve(open_page(self.out, ViewConfig(before=self.scene), instances=instances))
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,8 @@ class MeshCommand:
     """The mesh to texture; never written to. UVs come from the file when usable, else from xatlas (--uvs)."""
     out: Path
     """Output folder; the five files must not exist yet."""
+    view: bool = False
+    """Then show textured.glb in the browser (`sync-splat view`)."""
     texture: Annotated[MeshTextureConfig, tyro.conf.arg(name="")] = field(default_factory=MeshTextureConfig)
 
     def main(self) -> None:
@@ -86,6 +102,10 @@ class MeshCommand:
 
         result = texture_mesh(self.texture, self.mesh, self.out)
         print("wrote " + ", ".join(str(path) for path in result.paths))
+        if self.view:
+            from sync_splat.apps.view import open_page, serve
+
+            serve(open_page(next(path for path in result.paths if path.suffix == ".glb")))
 
 
 @dataclass(frozen=True)
@@ -99,6 +119,8 @@ class PanoramaCommand:
     SD's ControlNet depth, ignored by the prior."""
     cube_faces: bool = False
     """Also write six cube-map faces beside --out: <stem>_front.png, _right, _back, _left, _up, _down."""
+    view: bool = False
+    """Then show the panorama in the browser, as a sphere around the camera (`sync-splat view`)."""
     panorama: Annotated[PanoramaConfig, tyro.conf.arg(name="")] = field(default_factory=PanoramaConfig)
 
     def main(self) -> None:
@@ -106,6 +128,57 @@ class PanoramaCommand:
 
         result = paint_panorama(self.panorama, self.depth, self.out, cube_faces=self.cube_faces)
         print("wrote " + ", ".join(str(path) for path in result.paths))
+        if self.view:
+            from sync_splat.apps.view import open_page, serve
+
+            serve(open_page(self.out))
+
+
+@dataclass(frozen=True)
+class ViewCommand:
+    """Look at a result in the browser (viser): a splat scene, a textured mesh or a panorama. Serves until Ctrl-C."""
+
+    path: tyro.conf.Positional[Path]
+    """What to show: a splat scene (.ply, .splat, .ckpt, a run's config.yml), a mesh (.obj with its .mtl and
+    images, .glb, .gltf, .ply with faces) or a 2:1 equirectangular panorama (.png, .jpg)."""
+    view: Annotated[ViewConfig, tyro.conf.arg(name="")] = field(default_factory=ViewConfig)
+
+    def main(self) -> None:
+        from sync_splat.apps.view import open_page, serve
+
+        serve(open_page(self.path, self.view))
+
+
+@dataclass(frozen=True)
+class ExportCommand:
+    """Write a splat scene in a format other programs open: the standard 3DGS PLY, or the .splat file that web
+    splat viewers read (32 bytes per Gaussian, DC colour only)."""
+
+    scene: tyro.conf.Positional[Path]
+    """The scene: a 3DGS/nerfstudio .ply, a .splat file, a splatfacto .ckpt or a run's config.yml; never written to."""
+    out: Path
+    """The file to write (.ply or .splat); must not exist yet."""
+    format: Literal["ply", "splat"] | None = None
+    """ply: the standard 3DGS PLY; splat: the web viewers' 32-byte layout. Default: from --out's extension."""
+
+    def main(self) -> None:
+        from sync_splat.scene.splat_file import load_scene, write_splat
+
+        suffix = self.out.suffix.lower().lstrip(".")
+        fmt = self.format if self.format is not None else suffix
+        if fmt not in ("ply", "splat") or suffix != fmt:
+            wanted = f"end in .{fmt}" if fmt in ("ply", "splat") else "end in .ply or .splat (or pass --format)"
+            raise InputError(f"--out {self.out}: the exported file must {wanted}")
+        check_outputs(self.out)
+        scene = load_scene(self.scene)
+        if fmt == "ply":
+            scene.save(self.out)
+            print(f"wrote {self.out} ({scene.num_gaussians:,} Gaussians)")
+            return
+        written = write_splat(scene, self.out)
+        left_out = scene.num_gaussians - written
+        note = f"; {left_out:,} with non-finite values left out" if left_out else ""
+        print(f"wrote {self.out} ({written:,} of {scene.num_gaussians:,} Gaussians, DC colours only{note})")
 
 
 @dataclass(frozen=True)
@@ -136,5 +209,7 @@ Commands = (
     | Annotated[RestyleCommand, tyro.conf.subcommand("restyle")]
     | Annotated[MeshCommand, tyro.conf.subcommand("mesh")]
     | Annotated[PanoramaCommand, tyro.conf.subcommand("panorama")]
+    | Annotated[ViewCommand, tyro.conf.subcommand("view")]
+    | Annotated[ExportCommand, tyro.conf.subcommand("export")]
     | Annotated[CaseStudyCommand, tyro.conf.subcommand("case-study")]
 )

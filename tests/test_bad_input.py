@@ -244,7 +244,7 @@ def test_ctrl_c_during_a_run_is_one_line_exit_130_and_leaves_nothing(tmp_path: P
     scene = small_scene().save(tmp_path / "scene.ply")
     out = tmp_path / "out" / "restyled.ply"
     command = [sys.executable, "-m", "sync_splat.cli", "restyle", str(scene), "--out", str(out)]
-    command += ["--steps", "1000", "--views", "2"]
+    command += ["--steps", "900", "--views", "2"]
     # On a terminal the progress bar shows when sampling runs; wait for it, then press Ctrl-C.
     controller, terminal = pty.openpty()
     process = subprocess.Popen(

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup browser demo test lint clean-venv
 
-setup: $(STAMP) browser
+setup: $(STAMP)
 
 # Debian's chromium: the headless browser the viewer's tests draw pages in (they skip, saying why, without one).
 # Installed only where this runs as root with apt-get; checked on every run, so a machine set up before gets it too.
@@ -37,7 +37,7 @@ demo: setup
 	rm -rf outputs/demo
 	$(BIN)/sync-splat demo --out outputs/demo $(ARGS)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -159,6 +159,8 @@ def scene_file(tmp_path: Path) -> Path:
         (["--views", "-3"], "--views must be at least 1, got -3"),
         (["--sync-until", "2"], "--sync-until must be in [0, 1]"),
         (["--case", "9"], "--case 9 does not exist"),
+        (["--seed", str(2**64)], f"--seed must be an integer from 0 to {2**64 - 1}"),
+        (["--seed", "-1"], f"--seed must be an integer from 0 to {2**64 - 1}"),
     ],
 )
 def test_restyle_settings_are_checked_and_named(tmp_path: Path, capsys, scene_file: Path, flags, message) -> None:
@@ -169,11 +171,52 @@ def test_restyle_settings_are_checked_and_named(tmp_path: Path, capsys, scene_fi
 
 
 def test_restyle_config_checks_its_fields_when_built() -> None:
-    from sync_splat.apps.restyle import RestyleConfig
+    from sync_splat.apps.restyle import MAX_VIEWS, RestyleConfig
+    from sync_splat.apps.settings import MAX_SEED
 
-    for bad in ({"views": 0}, {"fov_deg": -10.0}, {"steps": 0}):
+    for bad in ({"views": 0}, {"views": MAX_VIEWS + 1}, {"fov_deg": -10.0}, {"steps": 0}, {"seed": MAX_SEED + 1}):
         with pytest.raises(InputError):
             RestyleConfig(**bad)
+    assert RestyleConfig(views=MAX_VIEWS, seed=MAX_SEED).views == MAX_VIEWS
+
+
+@pytest.mark.timeout(300)  # without the limit the run goes on for hours: fail instead of hanging the suite
+def test_too_many_views_are_refused_with_the_work_they_would_take(tmp_path: Path, capsys) -> None:
+    """A hundred thousand views used to run for minutes without a word; the refusal names the limit and the cost."""
+    scene = small_scene().save(tmp_path / "scene.ply")
+    line = one_error_line(capsys, ["restyle", str(scene), "--out", str(tmp_path / "o.ply"), "--views", "100000"])
+    assert "at most 360" in line and f"{100_001 * 30:,} view passes" in line
+
+
+def test_the_largest_seed_runs(tmp_path: Path, capsys) -> None:
+    """2**64 - 1 is the last seed torch takes; one more used to end in an overflow traceback when sampling began."""
+    out = tmp_path / "p.png"
+    entrypoint(["panorama", "--out", str(out), "--steps", "2", "--seed", str(2**64 - 1)])
+    assert out.is_file()
+
+
+@pytest.mark.parametrize(
+    ("door", "flags", "message"),
+    [
+        ("restyle", ["--fit.damping", "nan"], "damping=nan: these settings must be finite and non-negative"),
+        ("mesh", ["--bridge.view-size", "0"], "view_size must be at least 1"),
+        ("panorama", ["--view-size", "0"], "view_size must be at least 1, got 0"),
+    ],
+)
+def test_settings_of_the_bridges_are_refused_before_any_work(
+    tmp_path: Path, capsys, scene_file: Path, door: str, flags: list[str], message: str
+) -> None:
+    mesh = tmp_path / "tri.obj"
+    mesh.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    out = tmp_path / "out"
+    args = {
+        "restyle": ["restyle", str(scene_file), "--out", str(out / "x.ply")],
+        "mesh": ["mesh", str(mesh), "--out", str(out)],
+        "panorama": ["panorama", "--out", str(out / "p.png")],
+    }[door]
+    line = one_error_line(capsys, [*args, *flags])
+    assert message in line
+    assert not out.exists() and hidden_leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize(
@@ -185,6 +228,48 @@ def test_case_study_settings_are_refused_before_its_folder_is_made(tmp_path: Pat
     line = one_error_line(capsys, ["case-study", "--out", str(out), *flags])
     assert message in line
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- input files ---------------------------------------------------------------------------------------------------
+
+
+def test_an_obj_face_with_index_zero_is_refused_naming_the_line(tmp_path: Path, capsys) -> None:
+    mesh = tmp_path / "zero.obj"
+    mesh.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0\nf 1 2 3\nf 2 4 0\n")
+    out = tmp_path / "o"
+    line = one_error_line(capsys, ["mesh", str(mesh), "--out", str(out)])
+    assert "zero.obj: line 6 ('f 2 4 0')" in line and "index 0" in line and "start at 1" in line
+    assert not out.exists()
+
+
+def test_a_ply_with_utf8_comments_restyles(tmp_path: Path, capsys) -> None:
+    plain = small_scene().save(tmp_path / "plain.ply").read_bytes()
+    scene = tmp_path / "commented.ply"
+    scene.write_bytes(plain.replace(b"ply\n", "ply\ncomment Scène exportée par Blender – 日本\n".encode(), 1))
+    out = tmp_path / "out.ply"
+    entrypoint(["restyle", str(scene), "--out", str(out), *FAST])
+    assert GaussianScene.load(out).num_gaussians == small_scene().num_gaussians
+    assert "error" not in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_random_bytes_is_not_a_checkpoint(tmp_path: Path, capsys) -> None:
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    line = one_error_line(capsys, ["restyle", str(checkpoint), "--out", str(tmp_path / "o.ply")])
+    assert "model.ckpt" in line and "not a PyTorch checkpoint" in line and "Python objects" not in line
+
+
+@pytest.mark.slow
+def test_an_offline_model_that_is_not_cached_is_the_only_line(tmp_path: Path) -> None:
+    """Offline, huggingface_hub warns and diffusers logs before the failure; the user sees only the error line."""
+    scene = small_scene().save(tmp_path / "scene.ply")
+    command = [sys.executable, "-m", "sync_splat.cli", "restyle", str(scene), "--out", str(tmp_path / "o.ply")]
+    command += ["--denoiser", "sd", "--sd.model", "sync-splat-tests/no-such-model", *FAST]
+    env = {**cli_env(), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "always"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "sync-splat-tests/no-such-model" in lines[0] and "--denoiser prior" in lines[0]
 
 
 # ---- depth maps ------------------------------------------------------------------------------------------------------

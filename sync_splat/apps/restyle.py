@@ -35,6 +35,9 @@ TRIM = 0.01
 """The fraction of outlying Gaussians (floaters) the orbit rig's bounding sphere leaves out."""
 MIN_ALPHA = 1.0 / 255.0
 """A scene counts as seen when some pixel of some view is at least this opaque (one 8-bit level)."""
+MAX_VIEWS = 360
+"""Most ring views a run takes: one per degree of azimuth. Every step renders and denoises each view, so time and
+memory grow in proportion to the count, and closer views show nearly the same picture."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,14 @@ class RestyleConfig(SamplingSettings):
         super().__post_init__()
         if self.views < 1:
             raise InputError(f"--views must be at least 1, got {self.views}")
+        if self.views > MAX_VIEWS:
+            passes = (self.views + 1) * self.steps
+            raise InputError(
+                f"--views {self.views} is more than {MAX_VIEWS}: each of the {self.steps} steps renders and denoises "
+                f"every view plus the top one ({passes:,} view passes in all; time and memory grow with the count), "
+                "and beyond one view per degree of the orbit ring neighbours show nearly the same picture: use at most "
+                f"{MAX_VIEWS} (the default is 8)"
+            )
         if not 0.0 < self.fov_deg < 180.0:
             raise InputError(f"--fov-deg must be in (0, 180) degrees, got {self.fov_deg}")
 

@@ -16,6 +16,9 @@ from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
 from sync_splat.errors import InputError
 from sync_splat.sampler import PAPER_CASES, SyncConfig
 
+MAX_SEED = 2**64 - 1
+"""The largest seed torch's generator takes (it seeds from 64 bits; a negative seed would alias a large one)."""
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -35,7 +38,7 @@ class SamplingSettings:
     method: Literal["ddim", "ddpm"] = "ddim"
     """The reverse step: DDIM (the paper's README and tests) or ancestral DDPM (the official mesh code's default)."""
     seed: int = 0
-    """Seed of the one random generator of the run."""
+    """Seed of the one random generator of the run (0 to 2**64 - 1)."""
     sd: StableDiffusionDenoiserConfig = field(default_factory=StableDiffusionDenoiserConfig)
     """Stable Diffusion settings (used with --denoiser sd; the prompt above replaces sd.prompt)."""
 
@@ -49,6 +52,11 @@ class SamplingSettings:
             raise InputError(f"--case {self.case} does not exist: the paper's cases are 0 to 5 (2 is SyncTweedies)")
         if not 0.0 <= self.sync_until <= 1.0:
             raise InputError(f"--sync-until must be in [0, 1] (a fraction of the schedule), got {self.sync_until}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(
+                f"--seed must be an integer from 0 to {MAX_SEED} (2**64 - 1, what torch's random generator takes), "
+                f"got {self.seed}"
+            )
         self.sync_config().check()
 
     def build_denoiser(self) -> Denoiser:

@@ -20,6 +20,7 @@ changes the returned values but not a painted panorama.
 
 from __future__ import annotations
 
+import tokenize
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -104,7 +105,7 @@ def _check_npy_header(path: Path) -> None:
             )
             shape, _, dtype = read_header(stream)
             data_offset = stream.tell()
-    except (ValueError, EOFError, OSError) as error:
+    except (ValueError, EOFError, OSError, SyntaxError, tokenize.TokenError) as error:  # numpy parses it as Python
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{path}: not a readable .npy file ({reason}): save the depth map with numpy.save") from None
     if dtype.hasobject:

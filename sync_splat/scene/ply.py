@@ -5,8 +5,9 @@ without normals, `f_rest_*` of degree 0-3 in the channel-major Inria order (the 
 then blue); or the `ply-color-mode rgb` variant with uint8 `red green blue` instead of `f_dc_*`. Properties this
 layout does not name are ignored. That includes Mip-Splatting's `filter_3D`: its 3D smoothing filter would enlarge
 each Gaussian (and lower its opacity) at render time, but every renderer downstream of us (gsplat, splatfacto,
-standard viewers) ignores it too, so we keep the stored geometry exactly as written. The header is checked against
-the file's size before any data is read, so a header that claims more than the file holds is refused at once.
+standard viewers) ignores it too, so we keep the stored geometry exactly as written. The header is ASCII text, but for
+its comment and obj_info lines, which may hold any bytes (exporters write UTF-8 names and paths there). It is checked
+against the file's size before any data is read, so a header that claims more than the file holds is refused at once.
 
 Output (`write_ply`): `x y z nx ny nz f_dc_0..2 f_rest_* opacity scale_0..2 rot_0..3`, binary little-endian float32,
 raw values, written atomically; `read_ply(write_ply(scene))` is bit-exact. Every problem with an input is one
@@ -15,6 +16,7 @@ raw values, written atomically; `read_ply(write_ply(scene))` is bit-exact. Every
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ _PLY_TYPES = {
     "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
     "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
 }  # fmt: skip
+_ASCII_OR_QUESTION_MARK = bytes(range(128)) + b"?" * 128
+"""A `bytes.translate` table that keeps ASCII and replaces every other byte with '?'."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,9 @@ class _PlyElementHeader:
     properties: dict[str, str]  # name -> PLY type, or "list <count type> <value type>"
 
 
-def _read_ply_header(path: Path) -> tuple[str, list[_PlyElementHeader], int]:
-    """The format, the elements and the byte offset of the data, read without loading any data."""
+def _read_ply_header(path: Path) -> tuple[str, list[_PlyElementHeader], bytes]:
+    """The format, the elements and the header's bytes up to the data (their length is the data's offset), read
+    without loading any data. Comment and obj_info lines are free text in any encoding; every other line is ASCII."""
     with path.open("rb") as stream:
         head = stream.read(1 << 16)
         while b"end_header" not in head and len(head) < (1 << 24):
@@ -60,10 +65,17 @@ def _read_ply_header(path: Path) -> tuple[str, list[_PlyElementHeader], int]:
     end = re.search(rb"(\r\n|\n|\r)end_header(\r\n|\n|\r)", head)
     if end is None:
         raise InputError(f"{path}: the PLY header has no 'end_header' line: the file is truncated or not a PLY")
-    try:
-        lines = head[: end.start()].decode("ascii").splitlines()[1:]
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: the PLY header is not ASCII text: re-export the file") from None
+    lines = []
+    for number, raw in enumerate(head[: end.start()].splitlines()[1:], start=2):
+        if raw.split()[:1] in ([b"comment"], [b"obj_info"]):
+            continue
+        try:
+            lines.append(raw.decode("ascii"))
+        except UnicodeDecodeError:
+            raise InputError(
+                f"{path}: line {number} of the PLY header is not ASCII text (only comment and obj_info lines may hold "
+                "other characters): the file is corrupt or not a PLY; re-export it"
+            ) from None
     file_format, elements = None, []
     for line in lines:
         words = line.split()
@@ -89,7 +101,7 @@ def _read_ply_header(path: Path) -> tuple[str, list[_PlyElementHeader], int]:
                     f"{path}: property {name!r} of element {element.name!r} has type {kind!r}, which is not a PLY "
                     "number type: re-export the file"
                 )
-    return file_format, elements, end.end()
+    return file_format, elements, head[: end.end()]
 
 
 def _check_ply_size(path: Path, file_format: str, elements: list[_PlyElementHeader], data_offset: int) -> None:
@@ -107,6 +119,24 @@ def _check_ply_size(path: Path, file_format: str, elements: list[_PlyElementHead
         )
 
 
+class _AsciiHeaderFile(io.FileIO):
+    """A PLY file as plyfile reads it: every non-ASCII byte of the header (only comment and obj_info lines hold
+    them) shows as '?', since plyfile decodes the header as ASCII; the byte count, and so every offset, is unchanged,
+    and the data after the header is read (or memory-mapped) from the file as it is."""
+
+    def __init__(self, path: Path, header: bytes) -> None:
+        super().__init__(path, "rb")
+        self._header = header.translate(_ASCII_OR_QUESTION_MARK)
+
+    def read(self, size: int = -1) -> bytes:
+        start = self.tell()
+        data = super().read(size)
+        if start < len(self._header):
+            shown = self._header[start : start + len(data)]
+            data = shown + data[len(shown) :]
+        return data
+
+
 def _min_binary_size(kind: str) -> int:
     words = kind.split()
     return np.dtype(_PLY_TYPES[words[1] if words[0] == "list" else words[0]]).itemsize
@@ -119,7 +149,7 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianScene:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file: pass an existing .ply")
-    file_format, elements, data_offset = _read_ply_header(path)
+    file_format, elements, header = _read_ply_header(path)
     vertex = next((e for e in elements if e.name == "vertex"), None)
     if vertex is None:
         raise InputError(f"{path}: no 'vertex' element: a 3DGS PLY stores one vertex per Gaussian")
@@ -143,16 +173,16 @@ def read_ply(path: str | os.PathLike[str]) -> GaussianScene:
         raise InputError(f"{path}: properties red green blue must be uchar (0-255): re-export the file")
     if vertex.count == 0:
         raise InputError(f"{path}: the file holds zero Gaussians: export a scene with at least one Gaussian")
-    _check_ply_size(path, file_format, elements, data_offset)
+    _check_ply_size(path, file_format, elements, len(header))
 
+    names = [*_GEOMETRY, *color_names, *f_rest]
     try:
-        data = PlyData.read(str(path), mmap="r")["vertex"].data  # read-only map; columns are copied below
+        with _AsciiHeaderFile(path, header) as stream:
+            data = PlyData.read(stream, mmap="r")["vertex"].data  # read-only map; columns are copied below
+            table = np.stack([np.asarray(data[name], dtype=np.float32) for name in names], axis=1)  # [G, P]
     except (PlyParseError, ValueError, OSError, UnicodeDecodeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(f"{path}: cannot parse the PLY data ({reason}): the file is truncated or corrupt") from None
-
-    names = [*_GEOMETRY, *color_names, *f_rest]
-    table = np.stack([np.asarray(data[name], dtype=np.float32) for name in names], axis=1)  # [G, P], a copy
     bad = {name: int(n) for name, n in zip(names, (~np.isfinite(table)).sum(axis=0), strict=True) if n}
     if bad:
         listing = ", ".join(f"{name}: {n}" for name, n in bad.items())

@@ -3,6 +3,7 @@ never modified."""
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
@@ -84,6 +85,15 @@ with_nan[1, 2] = np.nan
 with_zero = depth_array()
 with_zero[3, 0] = 0.0
 
+
+def npy_with_unclosed_shape() -> bytes:
+    """A .npy whose header dict leaves the shape's bracket open (one byte changed): numpy's header parser then fails
+    inside Python's tokenizer, with an error that is not a ValueError."""
+    data = io.BytesIO()
+    np.save(data, depth_array())
+    return data.getvalue().replace(b"(4, 8)", b"(4, 8 ", 1)
+
+
 BAD_FILES = {
     "unknown extension": ("depth.txt", write_bytes(b"1 2 3"), "unknown depth map type"),
     "not 2D": ("depth.npy", write_npy(np.ones((4, 8, 3), np.float32)), "2D array"),
@@ -93,6 +103,7 @@ BAD_FILES = {
     "negative": ("depth.npy", write_npy(-depth_array()), "zero or negative"),
     "not numeric": ("depth.npy", write_npy(np.array([["a"] * 4] * 2)), "real numbers"),
     "pickled": ("depth.npy", write_npy(np.array([{}, {}], dtype=object)), "numpy.save"),
+    "npy header unparsable": ("depth.npy", write_bytes(npy_with_unclosed_shape()), "not a readable .npy file"),
     "8-bit png": ("depth.png", write_png((depth_array() * 10).astype(np.uint8)), "16-bit"),
     "rgb png": ("depth.png", write_png(np.zeros((4, 8, 3), np.uint8)), "16-bit"),
     "dpt shorter than its header": ("depth.dpt", write_bytes(struct.pack("<f", DPT_TAG)), "truncated"),

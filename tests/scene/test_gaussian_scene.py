@@ -357,6 +357,31 @@ def good_columns() -> dict[str, np.ndarray]:
     return scene_columns(random_scene(num_gaussians=20, sh_degree=1))
 
 
+@pytest.mark.parametrize("text", [False, True], ids=["binary", "ascii"])
+def test_comment_and_obj_info_lines_may_hold_any_bytes(tmp_path: Path, text: bool) -> None:
+    """Exporters write names and paths into comments in UTF-8 (or a local code page); the data reads the same."""
+    scene = random_scene(sh_degree=1)
+    path = write_columns(tmp_path / "plain.ply", scene_columns(scene), text=text)
+    free_text = "comment Scène exportée – 日本語\n".encode() + b"obj_info caf\xe9 \xff\xfe\n"
+    path.write_bytes(path.read_bytes().replace(b"\nelement vertex", b"\n" + free_text + b"element vertex", 1))
+    before = digest(path)
+    assert_same(scene, GaussianScene.load(path))
+    assert digest(path) == before
+
+
+@pytest.mark.parametrize(
+    ("line", "number"),
+    [(b"element vertex\xc2\xa020", 3), (b"property float \xff\xfe", 4), (bytes(range(128, 160)), 3)],
+    ids=["nbsp", "property", "binary"],
+)
+def test_other_header_lines_must_be_ascii(tmp_path: Path, line: bytes, number: int) -> None:
+    path = write_columns(tmp_path / "bad.ply", good_columns())
+    lines = path.read_bytes().split(b"\n")
+    lines.insert(number - 1, line)
+    path.write_bytes(b"\n".join(lines))
+    expect_error(path, f"line {number} of the PLY header is not ASCII text")
+
+
 def test_error_for_a_missing_path(tmp_path: Path) -> None:
     expect_error(tmp_path / "nowhere.ply", "no such file")
 

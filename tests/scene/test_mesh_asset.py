@@ -195,3 +195,38 @@ def test_bad_meshes_give_one_line_errors(tmp_path: Path) -> None:
         with pytest.raises(InputError, match=message) as error:
             MeshAsset.load(path)
         assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+FAN_VERTICES = "".join(f"v {x} {y} 0\n" for x, y in [(0, 0), *((np.cos(a), np.sin(a)) for a in np.linspace(0, 3, 11))])
+"""Twelve vertices, the first at the origin ("v 0 0 0"): a fan of eleven triangles needs indices 10, 11 and 12."""
+
+
+@pytest.mark.parametrize(
+    ("faces", "line"),
+    [
+        ("f 1 2 3\nf 1 11 0\n", 16),
+        ("f 1/1 2/0 3/1\n", 15),
+        ("f 1//1 2//1 3//0\n", 15),
+        ("f 1 2 3\r\n  f\t-0 2 3\r\n", 16),
+        ("f 1 2 3\nf 1 2 000 # a comment\n", 16),
+    ],
+    ids=["vertex", "texture", "normal", "crlf-tab-minus", "zeros-comment"],
+)
+def test_an_obj_face_index_of_zero_is_refused_naming_the_line(tmp_path: Path, faces: str, line: int) -> None:
+    path = tmp_path / "zero.obj"
+    path.write_text(FAN_VERTICES + "vt 0 0\nvn 0 0 1\n" + faces, newline="")
+    with pytest.raises(InputError) as error:
+        MeshAsset.load(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: line {line} (") and "index 0" in message and "\n" not in message
+
+
+def test_obj_indices_that_are_negative_or_contain_zeros_are_valid(tmp_path: Path) -> None:
+    """Negative indices count back from the last vertex; 10 and 20 hold zeros but are not zero."""
+    fan = "".join(f"f 1 {i} {i + 1}\n" for i in range(2, 12))
+    relative = "".join(f"f -12 {i - 13} {i - 12}\n" for i in range(2, 12))
+    (tmp_path / "absolute.obj").write_text(FAN_VERTICES + fan)
+    (tmp_path / "relative.obj").write_text(FAN_VERTICES + relative + "# f 0 0 0 in a comment\n")
+    absolute, negative = (MeshAsset.load(tmp_path / name, uvs="xatlas") for name in ("absolute.obj", "relative.obj"))
+    assert absolute.num_faces == 10 and int(absolute.faces.max()) == 11
+    assert torch.equal(absolute.faces, negative.faces)

@@ -23,15 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from sync_splat.apps.view import (
-    InstanceViews,
-    ViewConfig,
-    kind_of,
-    load_splats,
-    open_page,
-    panorama_sphere_glb,
-    splat_covariances,
-)
+from sync_splat.apps.view import InstanceViews, ViewConfig, kind_of, open_page
+from sync_splat.apps.view_content import load_splats, panorama_sphere_glb, splat_covariances
 from sync_splat.errors import InputError
 from sync_splat.functional.equirect import direction_to_lonlat
 from sync_splat.scene.demo import make_demo_scene

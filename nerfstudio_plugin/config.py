@@ -10,7 +10,8 @@ this one included, while it is being built.
     ns-train sync-splat --pipeline.source scene.ply --pipeline.denoiser prior --pipeline.prompt wood
 
 One trainer iteration is one denoising step; the run ends when sampling is complete and leaves `restyled.ply`
-in the run folder. `--max-num-iterations K` stops after K steps; `--load-dir <run>/nerfstudio_models` resumes.
+in the run folder, also after a restart from the viewer. `--max-num-iterations K` stops after K steps;
+`--load-dir <run>/nerfstudio_models` resumes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class SyncSplatTrainerConfig(TrainerConfig):
     """Nerfstudio's trainer settings for sync-splat: one iteration per denoising step, nothing optimised."""
 
     max_num_iterations: int | None = None  # type: ignore[assignment]
-    """Trainer iterations, one denoising step each; None: all --pipeline.steps (resume early stops with --load-dir)."""
+    """Denoising steps to take before stopping (resume with --load-dir); None: until sampling is complete. The run
+    stops at the same step after a viewer restart."""
 
 
 sync_splat = MethodSpecification(

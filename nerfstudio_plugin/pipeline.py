@@ -22,12 +22,15 @@ registered as modules (their weights never enter `state_dict`) nor scanned by th
 (nerfstudio's "val" mode) builds them; ns-viewer, ns-render and ns-export load a run's model alone, without
 diffusion weights.
 
-The trainer's loop is sized to the steps left (`get_training_callbacks`) and cannot grow: a viewer restart
-mid-run may leave steps for `--load-dir` to finish, and once the loop is over the sampling controls are disabled.
+The pipeline, not the trainer's iteration count, ends a run: nerfstudio sizes its loop once, when training
+starts, so the loop is left open-ended (`get_training_callbacks`) and the pipeline stops the trainer when sampling
+is complete (or after `--max-num-iterations` steps). A viewer restart therefore always runs on to a finished
+restyle. Once the loop is over the sampling controls are disabled.
 """
 
 from __future__ import annotations
 
+import sys
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +40,7 @@ import torch
 import tyro
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerNumber, ViewerText
 from torch import Tensor
@@ -51,6 +55,8 @@ from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.gaussians import GaussianScene
 
 if typing.TYPE_CHECKING:
+    from nerfstudio.engine.trainer import Trainer
+
     from sync_splat.denoisers.base import Denoiser
 
 RESTYLED_PLY = "restyled.ply"
@@ -152,6 +158,9 @@ class SyncSplatPipeline(VanillaPipeline):
         self._result: Tensor | None = None  # the canonical answer z once sampling is complete
         self._exported: Path | None = None
         self._run_dir: Path | None = None
+        self._trainer: Trainer | None = None
+        self._stop_at: int | None = None  # the denoising step at which this run stops (None: when complete)
+        self._stopped_trainer = False  # whether this pipeline told the trainer to stop (a restart takes it back)
         if self._denoiser is not None:
             self._build_sampler(device)
             self._state = self._sampler.init(self._generator())
@@ -163,8 +172,6 @@ class SyncSplatPipeline(VanillaPipeline):
             "Guidance scale", sd.guidance_scale, cb_hook=self._on_guidance_scale,
             disabled=self._restyle.denoiser != "sd", hint="Classifier-free guidance (Stable Diffusion only)",
         )  # fmt: skip
-        # A restart needs as many iterations as a fresh run: the trainer's loop stops where it was sized to stop,
-        # and --load-dir resumes from there.
         self.restart = ViewerButton("Restart sampling", cb_hook=lambda _: self.restart_sampling())
         self.show_preview = ViewerCheckbox(
             "Show x0_hat preview", True, cb_hook=lambda _: self._show(),
@@ -231,7 +238,7 @@ class SyncSplatPipeline(VanillaPipeline):
         """Take the next denoising step (none once complete) and show its colours; the loss is a constant 0."""
         if self._sampler is None or self._state is None:
             raise RuntimeError("this pipeline was built to show a run (ns-viewer, ns-export), not to sample")
-        if not self.complete:
+        if not self.complete and (self._stop_at is None or self.steps_taken < self._stop_at):
             # The viewer's x0_hat preview asks the sampler for g where the step would not otherwise run it.
             self._state = self._sampler.step(self._state, preview=bool(self.show_preview.value))
             if self._state.step_index == self._sampler.num_steps:
@@ -267,12 +274,19 @@ class SyncSplatPipeline(VanillaPipeline):
     # ---- viewer controls (callbacks run under the trainer's lock) -------------------------------------------
 
     def restart_sampling(self) -> None:
-        """Start over from the initial noise of the seed, with the current prompt and guidance scale."""
+        """Start over from the initial noise of the seed, with the current prompt and guidance scale; the run goes
+        on until sampling is complete again (or `--max-num-iterations` steps are taken)."""
         if self._sampler is None:
+            return
+        if self._trainer is not None and self._trainer.training_state == "completed":
+            CONSOLE.print("sync-splat: this run has ended; start a new ns-train run to sample again")
             return
         self._state = self._sampler.init(self._generator())
         self._result = None
         self._exported = None
+        if self._stopped_trainer and self._trainer is not None:  # the run had just completed: it goes on
+            self._trainer.stop_training = False
+            self._stopped_trainer = False
         self._show()
 
     def _on_prompt(self, element: ViewerText) -> None:
@@ -314,18 +328,29 @@ class SyncSplatPipeline(VanillaPipeline):
     # ---- trainer hooks --------------------------------------------------------------------------------------
 
     def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> list[TrainingCallback]:
-        """Size the run to the remaining steps, export as soon as sampling completes, and stop the trainer."""
+        """Run until sampling is complete (or `--max-num-iterations` steps), export, then stop the trainer.
+
+        Nerfstudio sizes its loop once, when training starts, and a restart from the viewer needs more iterations
+        than were left; so the loop is made open-ended here and this pipeline ends it (`trainer.stop_training`).
+        """
         trainer = attributes.trainer
         if trainer is not None:
+            self._trainer = trainer
             self._run_dir = Path(trainer.base_dir)
-            if trainer.config.max_num_iterations is None:
-                trainer.config.max_num_iterations = max(1, self.num_steps - self.steps_taken)
+            limit = trainer.config.max_num_iterations
+            self._stop_at = self.num_steps if limit is None else min(self.num_steps, self.steps_taken + max(limit, 0))
+            trainer.config.max_num_iterations = sys.maxsize
 
         def after_iteration(step: int) -> None:
             if self.complete and self._exported is None:
                 self.export_restyled()
-                if trainer is not None:
-                    trainer.stop_training = True
+            if trainer is None or self._stop_at is None:
+                return
+            if self.complete or self.steps_taken >= self._stop_at:
+                trainer.stop_training = True
+                self._stopped_trainer = True
+            # The console's ETA counts trainer iterations: the ones left are the denoising steps left.
+            writer.GLOBAL_BUFFER["max_iter"] = step + max(0, self._stop_at - self.steps_taken)
 
         def after_train(step: int) -> None:
             if self.complete and self._exported is None:

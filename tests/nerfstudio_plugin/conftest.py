@@ -13,7 +13,9 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -143,18 +145,40 @@ def ns_train_command(output_dir: Path, *args: str, vis: str = "tensorboard") -> 
     return [str(Path(sys.executable).with_name("ns-train")), *ns_train_args(output_dir, *args, vis=vis)]
 
 
-def train_in_process(output_dir: Path, *args: str, timestamp: str = "run") -> Path:
+def train_in_process(
+    output_dir: Path, *args: str, timestamp: str = "run", during: Callable[[Any, int], None] | None = None
+) -> Path:
     """Parse `ns-train sync-splat ARGS` with nerfstudio's own CLI and run its train loop in this process.
+
+    Args:
+        during: called as `during(pipeline, step)` after each trainer iteration, under the trainer's lock, as a
+            viewer control's callback would run (e.g. to press Restart at a chosen step).
 
     Returns the run folder.
     """
     import tyro
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
-    from nerfstudio.scripts.train import main
+    from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+    from nerfstudio.scripts import train
+
+    def train_loop(local_rank: int, world_size: int, config: Any, global_rank: int = 0) -> None:
+        trainer = config.setup(local_rank=local_rank, world_size=world_size)
+        trainer.setup()
+        if during is not None:
+            hook = TrainingCallback(
+                [TrainingCallbackLocation.AFTER_TRAIN_ITERATION], lambda step: during(trainer.pipeline, step)
+            )
+            trainer.callbacks.insert(0, hook)  # before the pipeline's own, as a click between two steps
+        trainer.train()
 
     argv = ns_train_args(output_dir, *args)
     argv[argv.index("--timestamp") + 1] = timestamp
-    main(tyro.cli(AnnotatedBaseConfigUnion, args=argv))
+    original = train.train_loop
+    train.train_loop = train_loop
+    try:
+        train.main(tyro.cli(AnnotatedBaseConfigUnion, args=argv))
+    finally:
+        train.train_loop = original
     return output_dir / "test" / "sync-splat" / timestamp
 
 

@@ -100,6 +100,38 @@ def test_resumed_run_ends_as_an_uninterrupted_one(
     assert (resumed / "restyled.ply").read_bytes() == (full_prior_run / "restyled.ply").read_bytes()
 
 
+@pytest.mark.parametrize("restart_after", [3, 4], ids=["near-the-end", "after-completing"])
+def test_a_restart_still_ends_with_the_restyled_ply(
+    tmp_path: Path, full_prior_run: Path, scene_files: dict[str, Path], restart_after: int
+) -> None:
+    """Restart pressed after 3 of 4 steps, or just as the last step completes: the run goes on until sampling is
+    complete again, and ends as an uninterrupted run (same seed, same settings)."""
+    restarts = []
+
+    def press_restart(pipeline, step: int) -> None:
+        if not restarts and pipeline.steps_taken == restart_after:
+            restarts.append(step)
+            pipeline.restart.cb_hook(pipeline.restart)  # what the viewer's button calls
+
+    run = train_in_process(tmp_path, *orbit_prior_args(scene_files), timestamp="restarted", during=press_restart)
+    assert restarts, "the restart was never pressed"
+    assert (run / "restyled.ply").read_bytes() == (full_prior_run / "restyled.ply").read_bytes()
+    assert checkpoint(run)["step"] >= restart_after + 4 - 1  # the loop ran past its first 4 iterations
+
+
+def test_max_num_iterations_still_stops_after_a_restart(tmp_path: Path, scene_files: dict[str, Path]) -> None:
+    """--max-num-iterations 3 stops at denoising step 3, restart or not (a checkpoint to resume from, no PLY)."""
+
+    def press_restart(pipeline, step: int) -> None:
+        if step == 1:
+            pipeline.restart.cb_hook(pipeline.restart)
+
+    args = [*orbit_prior_args(scene_files), "--max-num-iterations", "3"]
+    run = train_in_process(tmp_path, *args, during=press_restart)
+    assert not (run / "restyled.ply").exists()
+    assert checkpoint(run)["pipeline"]["_extra_state"]["sampler_state"]["step_index"] == 3
+
+
 @pytest.mark.parametrize(
     ("changed", "message"),
     [

@@ -82,6 +82,19 @@ class SyncSplatPipelineConfig(VanillaPipelineConfig):
         default_factory=lambda: RestyleConfig(denoiser="sd")
     )
 
+    def settle(self) -> None:
+        """Make these settings independent of where they are read from: the source and the dataset become absolute
+        paths, and nerfstudio's --prompt (set on the model) becomes the pipeline's prompt, the one prompt kept."""
+        if self.source is not None:
+            self.source = self.source.expanduser().absolute()
+        if self.datamanager.data is not None:
+            self.datamanager.data = self.datamanager.data.expanduser().absolute()
+        if Path(self.datamanager.dataparser.data) != Path():
+            self.datamanager.dataparser.data = self.datamanager.dataparser.data.expanduser().absolute()
+        if self.model.prompt:
+            self.restyle = replace(self.restyle, prompt=self.model.prompt)
+            self.model.prompt = None
+
 
 class SyncSplatPipeline(VanillaPipeline):
     """Runs the synchronised sampler over a frozen splat scene, one step per trainer iteration.

@@ -3,11 +3,12 @@ bare PLY with the prior, a stopped run resumed with --load-dir, and `ns-export g
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import dataset_args, tiny_sd_args, train_in_process
+from conftest import FRAME_AS_IS, NUM_IMAGES, dataset_args, tiny_sd_args, train_in_process
 
 from sync_splat.scene.gaussians import GaussianScene
 from sync_splat.scene.ply import ply_property_names
@@ -209,3 +210,70 @@ def test_a_finished_run_loads_for_viewing_without_the_denoiser(full_prior_run: P
     assert pipeline._denoiser is None and pipeline.complete
     restyled = GaussianScene.load(full_prior_run / "restyled.ply")
     torch.testing.assert_close(pipeline.model.to_scene().rgb01, restyled.rgb01, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def dataset_prior_run(tmp_path_factory: pytest.TempPathFactory, scene_files: dict[str, Path]) -> Path:
+    """A run over the dataset with the prior, started as a user would: in the folder holding the dataset and the
+    scene, with relative paths, and nerfstudio's --prompt."""
+    import shutil
+
+    start = tmp_path_factory.mktemp("project")
+    shutil.copytree(scene_files["data"], start / "data")
+    shutil.copy(scene_files["ply"], start / "scene.ply")
+    cwd = Path.cwd()
+    os.chdir(start)
+    try:
+        run = train_in_process(
+            Path("outputs"), "--pipeline.denoiser", "prior", "--prompt", "wood", "--pipeline.steps", "2",
+            "--pipeline.views", "2", "--data", "data", "--pipeline.source", "scene.ply", *FRAME_AS_IS,
+        )  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    return start / run
+
+
+def test_config_stores_absolute_paths_and_one_prompt(dataset_prior_run: Path) -> None:
+    import yaml
+
+    config = yaml.load((dataset_prior_run / "config.yml").read_text(), Loader=yaml.Loader)
+    project = dataset_prior_run.parents[3]
+    assert config.pipeline.source == project / "scene.ply"
+    assert config.pipeline.datamanager.data == project / "data" and config.data == project / "data"
+    assert config.output_dir == project / "outputs"
+    assert config.pipeline.restyle.prompt == "wood"
+    assert config.prompt is None and config.pipeline.model.prompt is None  # the one prompt is the pipeline's
+
+
+def test_a_run_is_exported_and_rendered_from_another_folder(
+    dataset_prior_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ns-export and `ns-render dataset` (whose datamanager target must be a class) run from elsewhere."""
+    import tyro
+    from nerfstudio.scripts.exporter import Commands as Export
+    from nerfstudio.scripts.render import Commands as Render
+
+    monkeypatch.chdir(tmp_path)
+    config = str(dataset_prior_run / "config.yml")
+    tyro.cli(Export, args=["gaussian-splat", "--load-config", config, "--output-dir", "export"]).main()
+    exported, restyled = GaussianScene.load("export/splat.ply"), GaussianScene.load(dataset_prior_run / "restyled.ply")
+    torch.testing.assert_close(exported.rgb01, restyled.rgb01, atol=1e-5, rtol=0)
+
+    render = ["dataset", "--load-config", config, "--output-path", "renders", "--split", "train"]
+    tyro.cli(Render, args=[*render, "--rendered-output-names", "rgb", "gt-rgb"]).main()
+    for output in ("rgb", "gt-rgb"):  # every dataset image (this dataset holds none back for evaluation)
+        assert len(list((tmp_path / "renders" / "train" / output).glob("frame_*"))) == NUM_IMAGES, output
+
+
+def test_ns_render_dataset_without_a_dataset_is_one_line(
+    full_prior_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tyro
+    from nerfstudio.scripts.render import Commands as Render
+
+    argv = ["dataset", "--load-config", str(full_prior_run / "config.yml"), "--output-path", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        tyro.cli(Render, args=argv).main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "sync-splat: error: " in err and "ns-render camera-path" in err and "Traceback" not in err

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from nerfstudio_plugin.datamanager import SyncSplatDatamanagerConfig
 from nerfstudio_plugin.model import SyncSplatModelConfig
+from nerfstudio_plugin.viewer import ViewerReadout, ViewerRefresh
 from sync_splat.apps.restyle import RestyleConfig, orbit_cameras
 from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
 from sync_splat.errors import InputError, one_line_errors
@@ -102,7 +103,8 @@ class SyncSplatPipeline(VanillaPipeline):
     Attributes:
         datamanager: nerfstudio's datamanager (cameras and images for the trainer and the viewer).
         model: the `SyncSplatModel` holding the scene whose colours are restyled.
-        prompt, guidance_scale, restart, show_preview, step_counter: the viewer's controls.
+        prompt, guidance_scale, apply, restart, show_preview: the viewer's controls (disabled where nothing samples).
+        step_counter, status: read-only lines of the viewer's panel (the denoising step; what was last applied).
     """
 
     config: SyncSplatPipelineConfig
@@ -178,19 +180,29 @@ class SyncSplatPipeline(VanillaPipeline):
             self._build_sampler(device)
             self._state = self._sampler.init(self._generator())
 
-        sd = self._restyle.sd
-        self.prompt = ViewerText("Prompt", self._restyle.prompt, cb_hook=self._on_prompt,
-                                 hint="Text prompt; applies from the next step (Restart to start over)")  # fmt: skip
+        # The controls; a run that only shows a result (ns-viewer, ns-render) samples nothing, so they are disabled.
+        sampling = self._sampler is not None
+        only_here = "" if sampling else " (sampling runs in ns-train only)"
+        self.prompt = ViewerText("Prompt", self._restyle.prompt, disabled=not sampling,
+                                 hint="Text prompt; press Apply to use it from the next step" + only_here)  # fmt: skip
         self.guidance_scale = ViewerNumber(
-            "Guidance scale", sd.guidance_scale, cb_hook=self._on_guidance_scale,
-            disabled=self._restyle.denoiser != "sd", hint="Classifier-free guidance (Stable Diffusion only)",
+            "Guidance scale", self._restyle.sd.guidance_scale, disabled=not sampling or self._restyle.denoiser != "sd",
+            hint="Classifier-free guidance (Stable Diffusion only); press Apply to use it" + only_here,
         )  # fmt: skip
-        self.restart = ViewerButton("Restart sampling", cb_hook=lambda _: self.restart_sampling())
+        # Typing updates the boxes on every keystroke: the settings change only when Apply is pressed.
+        self.apply = ViewerButton(
+            "Apply prompt and guidance", cb_hook=lambda _: self.apply_controls(), disabled=not sampling
+        )
+        self.restart = ViewerButton(
+            "Restart sampling", cb_hook=lambda _: self.restart_sampling(), disabled=not sampling
+        )
         self.show_preview = ViewerCheckbox(
-            "Show x0_hat preview", True, cb_hook=lambda _: self._show(),
-            hint="On: the Tweedie estimate of the final colours; off: the current (noisy) sample",
+            "Show x0_hat preview", True, cb_hook=lambda _: self._show(), disabled=not sampling,
+            hint="On: the Tweedie estimate of the final colours; off: the current (noisy) sample" + only_here,
         )  # fmt: skip
-        self.step_counter = ViewerText("Denoising step", self._progress(), disabled=True)
+        self.step_counter = ViewerReadout("Denoising step", self._progress())
+        self.status = ViewerReadout("Status", "sampling" if sampling else "showing the run's colours")
+        self._refresh_viewer = ViewerRefresh()
 
     # ---- construction ---------------------------------------------------------------------------------------
 
@@ -300,16 +312,17 @@ class SyncSplatPipeline(VanillaPipeline):
         if self._stopped_trainer and self._trainer is not None:  # the run had just completed: it goes on
             self._trainer.stop_training = False
             self._stopped_trainer = False
+        self.status.value = f"restarted with prompt {self._restyle.prompt!r}"
         self._show()
 
-    def _on_prompt(self, element: ViewerText) -> None:
-        self._apply_settings(prompt=element.value)
-
-    def _on_guidance_scale(self, element: ViewerNumber) -> None:
-        self._apply_settings(guidance_scale=float(element.value))
+    def apply_controls(self) -> None:
+        """Use the prompt and guidance scale in the viewer's boxes from the next step on (the Apply button)."""
+        self._apply_settings(prompt=str(self.prompt.value), guidance_scale=float(self.guidance_scale.value))
 
     def _apply_settings(self, prompt: str | None = None, guidance_scale: float | None = None) -> None:
-        """Change the prompt or guidance scale of the coming steps (already-taken steps are kept)."""
+        """Change the prompt or guidance scale of the coming steps (already-taken steps are kept). A setting that
+        is refused (e.g. a prompt that names no preset of the prior) is reported in the viewer's status and the
+        log; sampling goes on with the settings it had."""
         restyle = self._restyle
         if prompt is not None:
             restyle = replace(restyle, prompt=prompt)
@@ -320,7 +333,11 @@ class SyncSplatPipeline(VanillaPipeline):
         try:
             self._use_settings(restyle)
         except InputError as error:
+            self.status.value = f"not applied: {error}"
             CONSOLE.print(f"[bold red]sync-splat: error:[/bold red] {error}", soft_wrap=True)
+            return
+        applied = f"prompt {restyle.prompt!r}, guidance scale {restyle.sd.guidance_scale}"
+        self.status.value = f"{applied} from step {self.steps_taken + 1}"
 
     def _use_settings(self, restyle: RestyleConfig) -> None:
         if self._denoiser is not None and self._sampler is not None and self._bridge is not None:
@@ -364,6 +381,7 @@ class SyncSplatPipeline(VanillaPipeline):
                 self._stopped_trainer = True
             # The console's ETA counts trainer iterations: the ones left are the denoising steps left.
             writer.GLOBAL_BUFFER["max_iter"] = step + max(0, self._stop_at - self.steps_taken)
+            self._refresh_viewer(getattr(trainer, "viewer_state", None), step, self.steps_taken)
 
         def after_train(step: int) -> None:
             if self.complete and self._exported is None:
@@ -374,10 +392,11 @@ class SyncSplatPipeline(VanillaPipeline):
                     "--load-dir <this run>/nerfstudio_models"
                 )
             # Nothing takes steps any more (the viewer may stay open): a restart or a new prompt would do nothing.
-            for element in (self.prompt, self.guidance_scale, self.restart):
+            for element in (self.prompt, self.guidance_scale, self.apply, self.restart, self.show_preview):
                 element.disabled = True
                 if element.gui_handle is not None:
                     element.set_disabled(True)
+            self.status.value = "finished" if self.complete else "stopped"
 
         return [
             *super().get_training_callbacks(attributes),

@@ -146,7 +146,11 @@ def ns_train_command(output_dir: Path, *args: str, vis: str = "tensorboard") -> 
 
 
 def train_in_process(
-    output_dir: Path, *args: str, timestamp: str = "run", during: Callable[[Any, int], None] | None = None
+    output_dir: Path,
+    *args: str,
+    timestamp: str = "run",
+    during: Callable[[Any, int], None] | None = None,
+    vis: str = "tensorboard",
 ) -> Path:
     """Parse `ns-train sync-splat ARGS` with nerfstudio's own CLI and run its train loop in this process.
 
@@ -171,7 +175,7 @@ def train_in_process(
             trainer.callbacks.insert(0, hook)  # before the pipeline's own, as a click between two steps
         trainer.train()
 
-    argv = ns_train_args(output_dir, *args)
+    argv = ns_train_args(output_dir, *args, vis=vis)
     argv[argv.index("--timestamp") + 1] = timestamp
     original = train.train_loop
     train.train_loop = train_loop

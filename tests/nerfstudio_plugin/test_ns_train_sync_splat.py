@@ -208,6 +208,10 @@ def test_a_finished_run_loads_for_viewing_without_the_denoiser(full_prior_run: P
 
     _, pipeline, _, _ = eval_setup(full_prior_run / "config.yml", test_mode=mode)
     assert pipeline._denoiser is None and pipeline.complete
+    # Nothing samples here: the sampling controls are disabled, the step counter shows where the run ended.
+    controls = (pipeline.prompt, pipeline.guidance_scale, pipeline.apply, pipeline.restart, pipeline.show_preview)
+    assert all(control.disabled for control in controls)
+    assert pipeline.step_counter.value == "4 / 4 (complete)"
     restyled = GaussianScene.load(full_prior_run / "restyled.ply")
     torch.testing.assert_close(pipeline.model.to_scene().rgb01, restyled.rgb01, atol=1e-5, rtol=0)
 

@@ -30,8 +30,12 @@ restyle. Once the loop is over the sampling controls are disabled.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import re
 import sys
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -149,7 +153,10 @@ class SyncSplatPipeline(VanillaPipeline):
         self._source = GaussianScene.load(config.source)
         # Only training samples ("val", the trainer's mode); ns-export, ns-viewer, ns-render and ns-eval ("inference",
         # "test") need the model alone, so no diffusion weights are loaded for them.
-        self._denoiser: Denoiser | None = self._restyle.build_denoiser() if test_mode == "val" else None
+        self._denoiser: Denoiser | None = None
+        if test_mode == "val":
+            with ns_train_flags():
+                self._denoiser = self._restyle.build_denoiser()
         self._orbit = orbit_cameras(self._source, self._restyle.views, self._view_size(), self._restyle.fov_deg)
 
         self.datamanager = config.datamanager.setup(
@@ -331,7 +338,8 @@ class SyncSplatPipeline(VanillaPipeline):
         if restyle == self._restyle:
             return
         try:
-            self._use_settings(restyle)
+            with ns_train_flags():
+                self._use_settings(restyle)
         except InputError as error:
             self.status.value = f"not applied: {error}"
             CONSOLE.print(f"[bold red]sync-splat: error:[/bold red] {error}", soft_wrap=True)
@@ -481,6 +489,24 @@ class SyncSplatPipeline(VanillaPipeline):
                     "--pipeline.source it was sampled from"
                 )
         self.model.step = step
+
+
+_RESTYLE_FLAG = re.compile(
+    r"(?<![\w.-])--(?=(?:"
+    + "|".join(f.name.replace("_", "-") for f in dataclasses.fields(RestyleConfig))
+    + r")(?![\w-]))"
+)
+"""A flag of the restyle settings as `sync-splat restyle` names it (`--denoiser`, `--sd.model`, ...)."""
+
+
+@contextlib.contextmanager
+def ns_train_flags() -> Iterator[None]:
+    """Rename, in an `InputError` raised inside, the restyle settings' flags to what `ns-train sync-splat` calls them
+    (`--denoiser prior` -> `--pipeline.denoiser prior`): the shared settings word their hints for `sync-splat`."""
+    try:
+        yield
+    except InputError as error:
+        raise InputError(_RESTYLE_FLAG.sub("--pipeline.", str(error))) from None
 
 
 def _oriented_for(cameras: Cameras, scene: GaussianScene, fit: SplatBridgeConfig) -> SplatBridgeConfig:

@@ -173,8 +173,14 @@ def test_resume_with_other_settings_is_one_line(
         (["--pipeline.source", "missing.ply"], "missing.ply: no such file"),
         ([], "--pipeline.source is missing"),
         (["--pipeline.source", "SOURCE", "--pipeline.prompt", "a cat"], "a cat"),  # the prior knows no such preset
+        # Stable Diffusion that is not there: the hint names this front door's flag.
+        (
+            ["--pipeline.source", "SOURCE", "--pipeline.denoiser", "sd", "--pipeline.sd.model", "./no-model"],
+            "./no-model does not exist: pass an existing diffusers folder or a hub model id, or run with "
+            "--pipeline.denoiser prior",
+        ),
     ],
-    ids=["missing-file", "no-source", "unknown-preset"],
+    ids=["missing-file", "no-source", "unknown-preset", "no-sd-weights"],
 )
 def test_input_errors_are_one_line(
     tmp_path: Path, scene_files: dict[str, Path], capsys: pytest.CaptureFixture[str], args: list[str], message: str

@@ -58,6 +58,7 @@ from sync_splat.errors import InputError, one_line_errors
 from sync_splat.sampler import SamplerState, SyncSampler
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.gaussians import GaussianScene
+from sync_splat.scene.up_axis import UpAxis, estimate_up, stand_on
 
 if typing.TYPE_CHECKING:
     from nerfstudio.engine.trainer import Trainer
@@ -83,6 +84,10 @@ class SyncSplatPipelineConfig(VanillaPipelineConfig):
     """Views to restyle: 'dataset' spreads --pipeline.views cameras over the --data capture, 'orbit' rings the scene."""
     resolution: int | None = None
     """Long side of the views in pixels (rounded to a multiple of 64); None uses the denoiser's native size."""
+    up: str | None = None
+    """The scene's up direction, for orbit views and view suffixes: an axis (z, x; write --pipeline.up=-y for a
+    minus) or 'x,y,z'. None estimates it: from a splatfacto run's dataparser, an ns-export PLY's header, the
+    dataset's cameras, or the scene's shape (the choice is printed)."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(
         default_factory=lambda: RestyleConfig(denoiser="sd")
     )
@@ -157,13 +162,19 @@ class SyncSplatPipeline(VanillaPipeline):
         if test_mode == "val":
             with ns_train_flags():
                 self._denoiser = self._restyle.build_denoiser()
-        self._orbit = orbit_cameras(self._source, self._restyle.views, self._view_size(), self._restyle.fov_deg)
-
-        self.datamanager = config.datamanager.setup(
-            device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank,
-            scene=self._source, cameras=self._orbit,
-        )  # fmt: skip
+        # The orbit rig stands on the scene's up; a dataset's cameras are evidence of it, so they are read first.
+        setup = {"device": device, "test_mode": test_mode, "world_size": world_size, "local_rank": local_rank}
+        if config.datamanager.has_dataset:
+            self.datamanager = config.datamanager.setup(**setup)
+            self._up = self._estimate_up(self._dataset_cameras().c2w)
+            self._orbit = self._orbit_rig()
+        else:
+            self._up = self._estimate_up(None)
+            self._orbit = self._orbit_rig()
+            self.datamanager = config.datamanager.setup(**setup, scene=self._source, cameras=self._orbit)
         self.datamanager.to(device)
+        if test_mode == "val":
+            CONSOLE.print(f"sync-splat: up is {self._up.describe()}; set it with --pipeline.up")
         self._model = config.model.setup(
             scene_box=self.datamanager.train_dataset.scene_box,
             num_train_data=len(self.datamanager.train_dataset),
@@ -224,26 +235,39 @@ class SyncSplatPipeline(VanillaPipeline):
             return self.config.resolution
         return self._denoiser.native_size if self._denoiser is not None else 512
 
+    def _estimate_up(self, dataset_c2w: Tensor | None) -> UpAxis:
+        with ns_train_flags():
+            return estimate_up(self._source, self.config.source, dataset_c2w, override=self.config.up)
+
+    def _orbit_rig(self) -> Cameras:
+        """The orbit rig around the source, standing on its up direction."""
+        rig = orbit_cameras(self._source, self._restyle.views, self._view_size(), self._restyle.fov_deg)
+        centre, _ = self._source.bounding_sphere(trim=0.01)
+        return stand_on(rig, centre, self._up)
+
     @property
     def _views_from_orbit(self) -> bool:
         return self.config.cameras == "orbit" or not self.config.datamanager.has_dataset
+
+    def _dataset_cameras(self, max_views: int | None = None) -> Cameras:
+        dataset = self.datamanager.train_dataset.cameras
+        return Cameras.from_nerfstudio(
+            dataset.camera_to_worlds, dataset.fx, dataset.fy, dataset.cx, dataset.cy, dataset.width, dataset.height,
+            max_views=max_views,
+        )  # fmt: skip
 
     def _instance_cameras(self) -> Cameras:
         """The views to restyle, at the denoiser's resolution."""
         if self._views_from_orbit:
             return self._orbit
-        dataset = self.datamanager.train_dataset.cameras
-        cameras = Cameras.from_nerfstudio(
-            dataset.camera_to_worlds, dataset.fx, dataset.fy, dataset.cx, dataset.cy, dataset.width, dataset.height,
-            max_views=self._restyle.views,
-        )  # fmt: skip
+        cameras = self._dataset_cameras(max_views=self._restyle.views)
         size = self._view_size()
         return cameras.resized_for(size, multiple=64 if size >= 64 else size)
 
     def _build_sampler(self, device: str | torch.device) -> None:
         assert self._denoiser is not None
         cameras = self._instance_cameras()
-        fit = self._restyle.fit if cameras is self._orbit else _oriented_for(cameras, self._source, self._restyle.fit)
+        fit = _oriented_for(cameras, self._source, self._restyle.fit, self._up, orbit=cameras is self._orbit)
         self._bridge = fit.setup(self._denoiser, self._source.to(device), cameras.to(device))
         self._sampler = SyncSampler(self._denoiser, self._bridge, self._restyle.sync_config())
 
@@ -388,7 +412,7 @@ class SyncSplatPipeline(VanillaPipeline):
                 trainer.stop_training = True
                 self._stopped_trainer = True
             # The console's ETA counts trainer iterations: the ones left are the denoising steps left.
-            writer.GLOBAL_BUFFER["max_iter"] = step + max(0, self._stop_at - self.steps_taken)
+            writer.GLOBAL_BUFFER["max_iter"] = max(1, step + self._stop_at - self.steps_taken)  # divides the step
             self._refresh_viewer(getattr(trainer, "viewer_state", None), step, self.steps_taken)
 
         def after_train(step: int) -> None:
@@ -448,10 +472,12 @@ class SyncSplatPipeline(VanillaPipeline):
             "--pipeline.cameras": "orbit" if self._views_from_orbit else "dataset",
             "--pipeline.resolution": self.config.resolution,
             "--pipeline.fit.canonical": restyle.fit.canonical,
+            "--pipeline.up": ",".join(f"{v:g}" for v in self._up.up),
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         saved, current = state["settings"], self._sampling_settings()
+        current = {name: value for name, value in current.items() if name in saved}  # older checkpoints hold fewer
         if saved != current:
             changed = ", ".join(f"{name} {saved.get(name)}" for name in current if saved.get(name) != current[name])
             raise InputError(f"this checkpoint was sampled with {changed}: resume with the same settings")
@@ -509,22 +535,22 @@ def ns_train_flags() -> Iterator[None]:
         raise InputError(_RESTYLE_FLAG.sub("--pipeline.", str(error))) from None
 
 
-def _oriented_for(cameras: Cameras, scene: GaussianScene, fit: SplatBridgeConfig) -> SplatBridgeConfig:
-    """The fit settings with the view-suffix frame of a capture: `up` is the cameras' mean up direction (as
-    nerfstudio's "up" orientation estimates it), `front` the side of the scene the first view looks from. The
-    defaults (y up, z front) describe orbit rigs; settings a user changed are kept."""
+def _oriented_for(
+    cameras: Cameras, scene: GaussianScene, fit: SplatBridgeConfig, up: UpAxis, orbit: bool
+) -> SplatBridgeConfig:
+    """The fit settings with the view-suffix frame of the views: `up` is the scene's; `front` is where an orbit
+    rig's first view looks from, or the side of the scene the first dataset view looks from. The defaults (y up,
+    z front) are replaced; settings a user changed are kept."""
     defaults = SplatBridgeConfig()
     if (fit.up, fit.front) != (defaults.up, defaults.front):
         return fit
-    c2w = cameras.c2w.double().cpu()
-    up = -c2w[:, :3, 1].mean(dim=0)  # OpenCV y points down in the image
-    if up.norm() < 1e-6:
-        return fit
-    up = up / up.norm()
+    if orbit:
+        return replace(fit, up=up.up, front=up.front)
+    up_t = torch.tensor(up.up, dtype=torch.float64)
     centre, _ = scene.bounding_sphere(trim=0.01)
-    front = c2w[0, :3, 3] - centre.double().cpu()
-    front = front - (front @ up) * up
+    front = cameras.c2w[0, :3, 3].double().cpu() - centre.double().cpu()
+    front = front - (front @ up_t) * up_t
     if front.norm() < 1e-6:
-        return fit
+        return replace(fit, up=up.up, front=up.front)
     front = front / front.norm()
-    return replace(fit, up=tuple(up.tolist()), front=tuple(front.tolist()))
+    return replace(fit, up=up.up, front=tuple(front.tolist()))

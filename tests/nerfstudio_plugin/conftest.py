@@ -80,18 +80,24 @@ def write_dataset(scene: GaussianScene, root: Path) -> Path:
 
 
 def write_splatfacto_run(scene: GaussianScene, output_dir: Path) -> Path:
-    """A splatfacto run as `ns-train splatfacto` leaves it: `config.yml` and `nerfstudio_models/step-*.ckpt`.
+    """A splatfacto run as `ns-train splatfacto` leaves it: `config.yml` (splatfacto's datamanager and nerfstudio's
+    dataparser, whose default orientation turns the frame z up) and `nerfstudio_models/step-*.ckpt`.
 
     Returns the run's config.yml.
     """
+    from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
     from nerfstudio.engine.trainer import TrainerConfig
     from nerfstudio.models.splatfacto import SplatfactoModelConfig
     from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
+    pipeline = VanillaPipelineConfig(
+        datamanager=FullImageDatamanagerConfig(dataparser=NerfstudioDataParserConfig(load_3D_points=True)),
+        model=SplatfactoModelConfig(sh_degree=scene.sh_degree),
+    )
     config = TrainerConfig(
-        method_name="splatfacto", experiment_name="data", output_dir=output_dir, timestamp="run",
-        pipeline=VanillaPipelineConfig(model=SplatfactoModelConfig(sh_degree=scene.sh_degree)),
-    )  # fmt: skip
+        method_name="splatfacto", experiment_name="data", output_dir=output_dir, timestamp="run", pipeline=pipeline
+    )
     config.save_config()
     write_splatfacto_checkpoint(scene, config.get_checkpoint_dir() / "step-000000999.ckpt")
     return config.get_base_dir() / "config.yml"

@@ -287,3 +287,51 @@ def test_ns_render_dataset_without_a_dataset_is_one_line(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "sync-splat: error: " in err and "ns-render camera-path" in err and "Traceback" not in err
+
+
+Y_TO_Z = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # +y becomes +z
+
+
+def orbit_views(run_args: list[str], tmp_path: Path, name: str) -> dict:
+    """Run `ns-train sync-splat` (no --data: orbit views) and keep what its pipeline saw: the orbit rig, the
+    views' prompt suffixes, the source scene and the restyled PLY."""
+    seen: dict = {}
+
+    def look(pipeline, step: int) -> None:
+        if not seen:
+            seen.update(orbit=pipeline._orbit, suffixes=pipeline._bridge.conditions().prompt_suffixes,
+                        scene=pipeline._source, up=pipeline._up)  # fmt: skip
+
+    run = train_in_process(tmp_path, *run_args, timestamp=name, during=look)
+    return {**seen, "restyled": GaussianScene.load(run / "restyled.ply")}
+
+
+def test_a_z_up_splatfacto_run_is_orbited_upright(tmp_path: Path, scene_files: dict[str, Path]) -> None:
+    """A splatfacto run is z up (its dataparser's orientation): without --data, ns-train orbits it as it orbits the
+    same scene y up: the same views, the same view suffixes, the same restyle."""
+    from conftest import write_splatfacto_run
+
+    from sync_splat.apps.restyle import render_rgb
+    from sync_splat.scene.frames import transform_scene
+
+    upright = GaussianScene.load(scene_files["ckpt"])
+    z_up = transform_scene(upright, torch.cat([Y_TO_Z, torch.zeros(3, 1)], dim=1))
+    z_run = write_splatfacto_run(z_up, tmp_path / "splatfacto")
+    common = ["--pipeline.denoiser", "prior", "--prompt", "wood", "--pipeline.steps", "2", "--pipeline.views", "3"]
+    ours = orbit_views(["--pipeline.source", str(z_run), *common], tmp_path, "z-up")
+    theirs = orbit_views(["--pipeline.source", str(scene_files["ply"]), *common, "--pipeline.up", "y"], tmp_path, "y")
+    assert ours["up"].up == (0.0, 0.0, 1.0) and "orientation" in ours["up"].reason
+    assert ours["suffixes"] == theirs["suffixes"] and ", top view" in ours["suffixes"]
+    torch.testing.assert_close(
+        render_rgb(ours["scene"], ours["orbit"]), render_rgb(theirs["scene"], theirs["orbit"]), atol=2e-3, rtol=0
+    )
+    torch.testing.assert_close(ours["restyled"].rgb01, theirs["restyled"].rgb01, atol=2e-3, rtol=0)
+
+
+def test_up_can_be_set(tmp_path: Path, scene_files: dict[str, Path]) -> None:
+    """--pipeline.up stands the orbit on the axis given (here the y-up teapot on its side, on x)."""
+    args = ["--pipeline.source", str(scene_files["ply"]), "--pipeline.denoiser", "prior", "--pipeline.steps", "1",
+            "--pipeline.views", "3", "--pipeline.up", "x"]  # fmt: skip
+    seen = orbit_views(args, tmp_path, "x")
+    image_up = -seen["orbit"].c2w[:3, :3, 1]  # the ring views' image-up directions
+    assert seen["up"].reason == "--up" and (image_up @ torch.tensor([1.0, 0.0, 0.0]) > 0.9).all()

@@ -182,6 +182,7 @@ def test_view_suffixes_follow_the_capture_up_direction() -> None:
     from nerfstudio_plugin.pipeline import _oriented_for
     from sync_splat.bridges.splat import SplatBridgeConfig
     from sync_splat.scene.cameras import Cameras
+    from sync_splat.scene.up_axis import estimate_up
 
     y_to_z = torch.tensor([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])  # +y becomes +z
     scene = tiny_scene()
@@ -189,11 +190,12 @@ def test_view_suffixes_follow_the_capture_up_direction() -> None:
                           scene.sh)  # fmt: skip
     y_up = dataset_cameras(tiny_scene())
     cameras = Cameras(y_to_z @ y_up.c2w, y_up.Ks, y_up.width, y_up.height)
-    fit = _oriented_for(cameras, scene, SplatBridgeConfig())
+    up = estimate_up(scene, c2w=cameras.c2w)
+    fit = _oriented_for(cameras, scene, SplatBridgeConfig(), up, orbit=False)
     torch.testing.assert_close(torch.tensor(fit.up), torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
     assert abs(torch.tensor(fit.front) @ torch.tensor(fit.up)) < 1e-6
     chosen = SplatBridgeConfig(up=(0.0, 1.0, 0.0), front=(1.0, 0.0, 0.0))
-    assert _oriented_for(cameras, scene, chosen) == chosen  # what a user set is kept
+    assert _oriented_for(cameras, scene, chosen, up, orbit=False) == chosen  # what a user set is kept
 
 
 @pytest.mark.parametrize(("case", "canonical"), [(5, "latent"), (4, "latent")])

@@ -4,9 +4,10 @@ What it owns and in which order it builds it (`__init__`):
 1. the source scene, loaded here from `--pipeline.source` (a splatfacto config.yml or .ckpt, or a 3DGS PLY)
    rather than through `--load-dir`, which would leave the trainer's optimisers holding stale parameters;
 2. the denoiser (`RestyleConfig.build_denoiser`: Stable Diffusion + ControlNet depth, or the exact prior);
-3. the datamanager (the dataset, or orbit views rendered from the source) and the model (`SyncSplatModel`,
-   frozen geometry = the source's);
-4. the instance cameras (dataset cameras evenly spread, or an orbit rig), the splat bridge and the sampler.
+3. the datamanager (the dataset, or orbit views rendered from the source), the source in the dataset's frame
+   (`--pipeline.source-frame`, checked when not given: `frames.py`), the scene's up direction and an orbit rig
+   standing on it, and the model (`SyncSplatModel`, frozen geometry = the source's);
+4. the instance cameras (dataset cameras evenly spread, or the orbit rig), the splat bridge and the sampler.
 
 Each `get_train_loss_dict` takes one `SyncSampler.step` and writes colours into the model (the canonical Tweedie
 estimate `z0_hat`, or the current sample: a viewer checkbox picks which), so the viewer shows progress live. The
@@ -50,13 +51,15 @@ from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, View
 from torch import Tensor
 
 from nerfstudio_plugin.datamanager import SyncSplatDatamanagerConfig
+from nerfstudio_plugin.frames import SourceFrame, check_frame, in_nerfstudio_frame, source_transform, suffix_frame
 from nerfstudio_plugin.model import SyncSplatModelConfig
 from nerfstudio_plugin.viewer import ViewerReadout, ViewerRefresh
 from sync_splat.apps.restyle import RestyleConfig, orbit_cameras
-from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
+from sync_splat.bridges.splat import GaussianSplatBridge
 from sync_splat.errors import InputError, one_line_errors
 from sync_splat.sampler import SamplerState, SyncSampler
 from sync_splat.scene.cameras import Cameras
+from sync_splat.scene.frames import transform_scene
 from sync_splat.scene.gaussians import GaussianScene
 from sync_splat.scene.up_axis import UpAxis, estimate_up, stand_on
 
@@ -84,6 +87,11 @@ class SyncSplatPipelineConfig(VanillaPipelineConfig):
     """Views to restyle: 'dataset' spreads --pipeline.views cameras over the --data capture, 'orbit' rings the scene."""
     resolution: int | None = None
     """Long side of the views in pixels (rounded to a multiple of 64); None uses the denoiser's native size."""
+    source_frame: SourceFrame | None = None
+    """Where the source's coordinates come from, with --data: 'nerfstudio' (a splatfacto run or ns-export: the
+    dataset's frame), 'colmap' or 'inria' (a 3DGS PLY trained on the COLMAP model), 'transforms' (a PLY trained on
+    the dataset's transforms.json). The scene is moved into the dataset's frame; restyled.ply stays in the source's.
+    None: used as it is, and refused if the dataset's cameras barely see it."""
     up: str | None = None
     """The scene's up direction, for orbit views and view suffixes: an axis (z, x; write --pipeline.up=-y for a
     minus) or 'x,y,z'. None estimates it: from a splatfacto run's dataparser, an ns-export PLY's header, the
@@ -155,7 +163,8 @@ class SyncSplatPipeline(VanillaPipeline):
         self.test_mode = test_mode
         self.world_size = world_size
         self._restyle = self._restyle_config(config)
-        self._source = GaussianScene.load(config.source)
+        self._original = GaussianScene.load(config.source)  # as read: restyled.ply keeps its frame
+        self._source = self._original  # in the dataset's frame (moved there with --pipeline.source-frame)
         # Only training samples ("val", the trainer's mode); ns-export, ns-viewer, ns-render and ns-eval ("inference",
         # "test") need the model alone, so no diffusion weights are loaded for them.
         self._denoiser: Denoiser | None = None
@@ -166,6 +175,7 @@ class SyncSplatPipeline(VanillaPipeline):
         setup = {"device": device, "test_mode": test_mode, "world_size": world_size, "local_rank": local_rank}
         if config.datamanager.has_dataset:
             self.datamanager = config.datamanager.setup(**setup)
+            self._source = self._in_dataset_frame(self._original)
             self._up = self._estimate_up(self._dataset_cameras().c2w)
             self._orbit = self._orbit_rig()
         else:
@@ -235,6 +245,18 @@ class SyncSplatPipeline(VanillaPipeline):
             return self.config.resolution
         return self._denoiser.native_size if self._denoiser is not None else 512
 
+    def _in_dataset_frame(self, scene: GaussianScene) -> GaussianScene:
+        """The source moved into the dataset's frame from the frame the user named; unnamed, it is checked."""
+        frame = self.config.source_frame
+        if frame is None:
+            if self.test_mode == "val" and not in_nerfstudio_frame(self.config.source):
+                check_frame(scene, self._dataset_cameras(), self.datamanager, self.config.source)
+            return scene
+        if frame == "nerfstudio":
+            return scene
+        transform, scale = source_transform(self.datamanager, frame)
+        return transform_scene(scene, transform, scale)
+
     def _estimate_up(self, dataset_c2w: Tensor | None) -> UpAxis:
         with ns_train_flags():
             return estimate_up(self._source, self.config.source, dataset_c2w, override=self.config.up)
@@ -267,7 +289,7 @@ class SyncSplatPipeline(VanillaPipeline):
     def _build_sampler(self, device: str | torch.device) -> None:
         assert self._denoiser is not None
         cameras = self._instance_cameras()
-        fit = _oriented_for(cameras, self._source, self._restyle.fit, self._up, orbit=cameras is self._orbit)
+        fit = suffix_frame(cameras, self._source, self._restyle.fit, self._up, orbit=cameras is self._orbit)
         self._bridge = fit.setup(self._denoiser, self._source.to(device), cameras.to(device))
         self._sampler = SyncSampler(self._denoiser, self._bridge, self._restyle.sync_config())
 
@@ -440,7 +462,11 @@ class SyncSplatPipeline(VanillaPipeline):
         """Write `restyled.ply` into the run folder atomically (standard 3DGS PLY, the geometry bit for bit)."""
         if self._result is None or self._bridge is None or self._run_dir is None:
             raise RuntimeError("export_restyled needs a complete sampling and the trainer's run folder")
-        self._exported = self._bridge.export(self._result, self._run_dir / RESTYLED_PLY)
+        if self._source is self._original:
+            self._exported = self._bridge.export(self._result, self._run_dir / RESTYLED_PLY)
+        else:  # the restyled colours on the source's own geometry, in its own frame
+            restyled = self._original.with_colors(self._bridge.restyled_scene(self._result).rgb01)
+            self._exported = restyled.save(self._run_dir / RESTYLED_PLY)
         CONSOLE.print(f"sync-splat: wrote {self._exported}")
         return self._exported
 
@@ -473,6 +499,7 @@ class SyncSplatPipeline(VanillaPipeline):
             "--pipeline.resolution": self.config.resolution,
             "--pipeline.fit.canonical": restyle.fit.canonical,
             "--pipeline.up": ",".join(f"{v:g}" for v in self._up.up),
+            "--pipeline.source-frame": self.config.source_frame or "nerfstudio",
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -533,24 +560,3 @@ def ns_train_flags() -> Iterator[None]:
         yield
     except InputError as error:
         raise InputError(_RESTYLE_FLAG.sub("--pipeline.", str(error))) from None
-
-
-def _oriented_for(
-    cameras: Cameras, scene: GaussianScene, fit: SplatBridgeConfig, up: UpAxis, orbit: bool
-) -> SplatBridgeConfig:
-    """The fit settings with the view-suffix frame of the views: `up` is the scene's; `front` is where an orbit
-    rig's first view looks from, or the side of the scene the first dataset view looks from. The defaults (y up,
-    z front) are replaced; settings a user changed are kept."""
-    defaults = SplatBridgeConfig()
-    if (fit.up, fit.front) != (defaults.up, defaults.front):
-        return fit
-    if orbit:
-        return replace(fit, up=up.up, front=up.front)
-    up_t = torch.tensor(up.up, dtype=torch.float64)
-    centre, _ = scene.bounding_sphere(trim=0.01)
-    front = cameras.c2w[0, :3, 3].double().cpu() - centre.double().cpu()
-    front = front - (front @ up_t) * up_t
-    if front.norm() < 1e-6:
-        return replace(fit, up=up.up, front=up.front)
-    front = front / front.norm()
-    return replace(fit, up=up.up, front=tuple(front.tolist()))

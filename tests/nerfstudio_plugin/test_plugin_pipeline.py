@@ -179,7 +179,7 @@ def test_view_suffixes_follow_the_capture_up_direction() -> None:
     orbit rigs' y-up frame."""
     from conftest import dataset_cameras, tiny_scene
 
-    from nerfstudio_plugin.pipeline import _oriented_for
+    from nerfstudio_plugin.frames import suffix_frame
     from sync_splat.bridges.splat import SplatBridgeConfig
     from sync_splat.scene.cameras import Cameras
     from sync_splat.scene.up_axis import estimate_up
@@ -191,11 +191,11 @@ def test_view_suffixes_follow_the_capture_up_direction() -> None:
     y_up = dataset_cameras(tiny_scene())
     cameras = Cameras(y_to_z @ y_up.c2w, y_up.Ks, y_up.width, y_up.height)
     up = estimate_up(scene, c2w=cameras.c2w)
-    fit = _oriented_for(cameras, scene, SplatBridgeConfig(), up, orbit=False)
+    fit = suffix_frame(cameras, scene, SplatBridgeConfig(), up, orbit=False)
     torch.testing.assert_close(torch.tensor(fit.up), torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
     assert abs(torch.tensor(fit.front) @ torch.tensor(fit.up)) < 1e-6
     chosen = SplatBridgeConfig(up=(0.0, 1.0, 0.0), front=(1.0, 0.0, 0.0))
-    assert _oriented_for(cameras, scene, chosen, up, orbit=False) == chosen  # what a user set is kept
+    assert suffix_frame(cameras, scene, chosen, up, orbit=False) == chosen  # what a user set is kept
 
 
 @pytest.mark.parametrize(("case", "canonical"), [(5, "latent"), (4, "latent")])

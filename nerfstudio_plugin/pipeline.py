@@ -92,6 +92,9 @@ class SyncSplatPipelineConfig(VanillaPipelineConfig):
     dataset's frame), 'colmap' or 'inria' (a 3DGS PLY trained on the COLMAP model), 'transforms' (a PLY trained on
     the dataset's transforms.json). The scene is moved into the dataset's frame; restyled.ply stays in the source's.
     None: used as it is, and refused if the dataset's cameras barely see it."""
+    compact_ply: bool = False
+    """Write restyled.ply with SH degree 0: the restyled colours are the same from every side, so the higher-order
+    SH columns of the source's degree (45 for degree 3) would all be zero; the file is then about 3.5x smaller."""
     up: str | None = None
     """The scene's up direction, for orbit views and view suffixes: an axis (z, x; write --pipeline.up=-y for a
     minus) or 'x,y,z'. None estimates it: from a splatfacto run's dataparser, an ns-export PLY's header, the
@@ -462,11 +465,10 @@ class SyncSplatPipeline(VanillaPipeline):
         """Write `restyled.ply` into the run folder atomically (standard 3DGS PLY, the geometry bit for bit)."""
         if self._result is None or self._bridge is None or self._run_dir is None:
             raise RuntimeError("export_restyled needs a complete sampling and the trainer's run folder")
-        if self._source is self._original:
-            self._exported = self._bridge.export(self._result, self._run_dir / RESTYLED_PLY)
-        else:  # the restyled colours on the source's own geometry, in its own frame
-            restyled = self._original.with_colors(self._bridge.restyled_scene(self._result).rgb01)
-            self._exported = restyled.save(self._run_dir / RESTYLED_PLY)
+        # The restyled colours on the source's own geometry, in its own frame (moved into the dataset's or not).
+        sh = self._bridge.restyled_scene(self._result).sh.to(self._original.sh)
+        restyled = replace(self._original, sh=sh[:, :1] if self.config.compact_ply else sh)
+        self._exported = restyled.save(self._run_dir / RESTYLED_PLY)
         CONSOLE.print(f"sync-splat: wrote {self._exported}")
         return self._exported
 

@@ -405,3 +405,25 @@ def test_source_frame_moves_the_scene_into_the_dataset_frame(
     as_is = render_rgb(GaussianScene.load(scene_files["ply"]), seen["cameras"])
     assert (moved - seen["images"]).abs().mean() < 0.01 < (as_is - seen["images"]).abs().mean()
     assert_restyled(run / "restyled.ply", scene_files["ply"])
+
+
+def test_compact_ply_drops_the_zero_sh_columns(tmp_path: Path, scene_files: dict[str, Path]) -> None:
+    """A degree-3 source: restyled.ply keeps its 45 f_rest columns (all zero), or with --pipeline.compact-ply True
+    has none and is several times smaller, with the same geometry and colours."""
+    from plyfile import PlyData
+
+    source = GaussianScene.load(scene_files["ply"])
+    rest = 0.1 * torch.randn(source.num_gaussians, 15, 3, generator=torch.Generator().manual_seed(0))
+    degree_3 = GaussianScene(source.means, source.quats_wxyz, source.log_scales, source.opacity_logits,
+                             torch.cat([source.sh, rest], dim=1)).save(tmp_path / "degree3.ply")  # fmt: skip
+    args = ["--pipeline.source", str(degree_3), "--pipeline.denoiser", "prior", "--prompt", "wood",
+            "--pipeline.steps", "2", "--pipeline.views", "3", "--pipeline.up", "y"]  # fmt: skip
+    full = train_in_process(tmp_path, *args, timestamp="full") / "restyled.ply"
+    compact = train_in_process(tmp_path, *args, "--pipeline.compact-ply", "True", timestamp="compact") / "restyled.ply"
+    names = [p.name for p in PlyData.read(str(compact))["vertex"].properties]
+    assert not any(name.startswith("f_rest") for name in names) and GaussianScene.load(compact).sh_degree == 0
+    assert GaussianScene.load(full).sh_degree == 3 and full.stat().st_size > 3 * compact.stat().st_size
+    ours, theirs = GaussianScene.load(compact), GaussianScene.load(full)
+    for name in ("means", "quats_wxyz", "log_scales", "opacity_logits"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+    assert torch.equal(ours.sh[:, 0], theirs.sh[:, 0])

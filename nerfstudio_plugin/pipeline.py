@@ -97,8 +97,8 @@ class SyncSplatPipelineConfig(VanillaPipelineConfig):
     SH columns of the source's degree (45 for degree 3) would all be zero; the file is then about 3.5x smaller."""
     up: str | None = None
     """The scene's up direction, for orbit views and view suffixes: an axis (z, x; write --pipeline.up=-y for a
-    minus) or 'x,y,z'. None estimates it: from a splatfacto run's dataparser, an ns-export PLY's header, the
-    dataset's cameras, or the scene's shape (the choice is printed)."""
+    minus) or 'x,y,z'. None estimates it: from the dataset's cameras, a splatfacto run's dataparser, an ns-export
+    PLY's header, or the scene's shape (the choice is printed)."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(
         default_factory=lambda: RestyleConfig(denoiser="sd")
     )

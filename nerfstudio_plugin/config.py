@@ -10,12 +10,14 @@ this one included, while it is being built.
     ns-train sync-splat --pipeline.source scene.ply --pipeline.denoiser prior --pipeline.prompt wood
 
 One trainer iteration is one denoising step; the run ends when sampling is complete and leaves `restyled.ply`
-in the run folder. `--max-num-iterations K` stops after K steps; `--load-dir <run>/nerfstudio_models` resumes.
+in the run folder, also after a restart from the viewer. `--max-num-iterations K` stops after K steps;
+`--load-dir <run>/nerfstudio_models` resumes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
@@ -30,7 +32,42 @@ class SyncSplatTrainerConfig(TrainerConfig):
     """Nerfstudio's trainer settings for sync-splat: one iteration per denoising step, nothing optimised."""
 
     max_num_iterations: int | None = None  # type: ignore[assignment]
-    """Trainer iterations, one denoising step each; None: all --pipeline.steps (resume early stops with --load-dir)."""
+    """Denoising steps to take before stopping (resume with --load-dir); None: until sampling is complete. The run
+    stops at the same step after a viewer restart."""
+
+    def set_experiment_name(self) -> None:
+        """Name the experiment after the dataset, as nerfstudio does, or else after the source scene."""
+        if self.experiment_name is None and not self.pipeline.datamanager.has_dataset and self.pipeline.source:
+            self.experiment_name = experiment_name_of(self.pipeline.source)
+        super().set_experiment_name()
+
+    def save_config(self) -> None:
+        """Write config.yml so that the run stands on its own: paths are stored absolute (ns-export, ns-viewer and
+        ns-render work from any folder) and nerfstudio's --prompt is stored once, as the pipeline's prompt."""
+        self.output_dir = self.output_dir.expanduser().absolute()
+        if self.data is not None:
+            self.data = self.data.expanduser().absolute()
+        if self.prompt:
+            self.pipeline.model.prompt = self.prompt
+            self.prompt = None
+        self.pipeline.settle()
+        super().save_config()
+
+
+def experiment_name_of(source: Path) -> str:
+    """A name for runs of `source`: a splatfacto run's experiment (`<outputs>/<experiment>/<method>/<timestamp>/
+    config.yml`, or a checkpoint in its model folder), else the PLY's name, or its scene folder's for the 3DGS
+    layout `<scene>/point_cloud/iteration_<k>/point_cloud.ply`."""
+    source = Path(source).expanduser().absolute()
+    if source.suffix == ".yml":
+        run = source.parent
+    elif source.suffix == ".ckpt":
+        run = source.parent.parent
+    elif source.stem == "point_cloud" and source.parent.name.startswith("iteration_"):
+        return source.parent.parent.parent.name or source.stem
+    else:
+        return source.stem
+    return run.parent.parent.name or source.stem
 
 
 sync_splat = MethodSpecification(

@@ -3,8 +3,10 @@
 With `--data`, the dataset's images and cameras are served by nerfstudio's `FullImageDatamanager`, as for
 splatfacto (the views to restyle are then picked among its training cameras). Without it, the trainer and the
 viewer still need a training dataset with cameras and images (frustums, thumbnails), so `OrbitDatamanager`
-serves the pipeline's orbit cameras with renders of the source scene as their images. The choice is made by
-`SyncSplatDatamanagerConfig.setup`, so one method, `ns-train sync-splat`, covers both.
+serves the pipeline's orbit cameras with renders of the source scene as their images. The config's target,
+`SyncSplatDatamanager`, makes the choice when it is built, so one method, `ns-train sync-splat`, covers both; it is a
+class (a `FullImageDatamanager`), as nerfstudio's scripts expect a datamanager target to be (`ns-render dataset`
+patches its `setup_train`).
 
 Conventions: `sync_splat` cameras are OpenCV (`c2w`), nerfstudio's are OpenGL; converted here with
 `OPENGL_TO_OPENCV` (its own inverse).
@@ -12,7 +14,6 @@ Conventions: `sync_splat` cameras are OpenCV (`c2w`), nerfstudio's are OpenGL; c
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +32,7 @@ from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor
 
 from sync_splat.apps.restyle import render_rgb
+from sync_splat.errors import InputError, one_line_errors
 from sync_splat.scene.cameras import OPENGL_TO_OPENCV, Cameras
 from sync_splat.scene.gaussians import GaussianScene
 
@@ -40,7 +42,7 @@ class SyncSplatDatamanagerConfig(FullImageDatamanagerConfig):
     """With --data: the dataset's images and cameras (as splatfacto). Without: orbit views rendered from the
     source scene, so a bare PLY needs no dataset."""
 
-    _target: Callable[..., DataManager] = field(default_factory=lambda: select_datamanager)
+    _target: type = field(default_factory=lambda: SyncSplatDatamanager)
     dataparser: AnnotatedDataParserUnion = field(
         default_factory=lambda: NerfstudioDataParserConfig(load_3D_points=False)
     )
@@ -54,23 +56,42 @@ class SyncSplatDatamanagerConfig(FullImageDatamanagerConfig):
         return self.data is not None or Path(self.dataparser.data) != Path()
 
 
-def select_datamanager(
-    config: SyncSplatDatamanagerConfig,
-    device: torch.device | str = "cpu",
-    test_mode: Literal["test", "val", "inference"] = "val",
-    world_size: int = 1,
-    local_rank: int = 0,
-    scene: GaussianScene | None = None,
-    cameras: Cameras | None = None,
-    **kwargs: Any,
-) -> DataManager:
-    """`FullImageDatamanager` when the config names a dataset, else `OrbitDatamanager` over `cameras`."""
-    if config.has_dataset:
-        return FullImageDatamanager(config, device=device, test_mode=test_mode, world_size=world_size,
-                                    local_rank=local_rank)  # fmt: skip
-    if scene is None or cameras is None:
-        raise ValueError("without a dataset, the datamanager needs the source scene and the orbit cameras")
-    return OrbitDatamanager(config, scene, cameras, device=device, test_mode=test_mode)
+class SyncSplatDatamanager(FullImageDatamanager):
+    """`FullImageDatamanager` when the config names a dataset; otherwise building one returns an
+    `OrbitDatamanager` over the pipeline's orbit cameras (`scene` and `cameras`, which the pipeline passes)."""
+
+    def __new__(
+        cls,
+        config: SyncSplatDatamanagerConfig,
+        *args: Any,
+        scene: GaussianScene | None = None,
+        cameras: Cameras | None = None,
+        **kwargs: Any,
+    ) -> DataManager:
+        if config.has_dataset:
+            return super().__new__(cls)
+        if scene is None or cameras is None:  # e.g. `ns-render dataset`, which builds a datamanager on its own
+            with one_line_errors("sync-splat"):
+                raise InputError(
+                    "this run restyled orbit views of a bare scene, without --data: there is no dataset to render; "
+                    "use ns-render camera-path or ns-render interpolate"
+                )
+        device = kwargs.get("device", args[0] if args else "cpu")
+        test_mode = kwargs.get("test_mode", args[1] if len(args) > 1 else "val")
+        return OrbitDatamanager(config, scene, cameras, device=device, test_mode=test_mode)
+
+    def __init__(
+        self,
+        config: SyncSplatDatamanagerConfig,
+        device: torch.device | str = "cpu",
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        scene: GaussianScene | None = None,
+        cameras: Cameras | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank)
 
 
 def to_nerfstudio_cameras(cameras: Cameras) -> NerfstudioCameras:

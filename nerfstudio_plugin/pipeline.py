@@ -4,9 +4,10 @@ What it owns and in which order it builds it (`__init__`):
 1. the source scene, loaded here from `--pipeline.source` (a splatfacto config.yml or .ckpt, or a 3DGS PLY)
    rather than through `--load-dir`, which would leave the trainer's optimisers holding stale parameters;
 2. the denoiser (`RestyleConfig.build_denoiser`: Stable Diffusion + ControlNet depth, or the exact prior);
-3. the datamanager (the dataset, or orbit views rendered from the source) and the model (`SyncSplatModel`,
-   frozen geometry = the source's);
-4. the instance cameras (dataset cameras evenly spread, or an orbit rig), the splat bridge and the sampler.
+3. the datamanager (the dataset, or orbit views rendered from the source), the source in the dataset's frame
+   (`--pipeline.source-frame`, checked when not given: `frames.py`), the scene's up direction and an orbit rig
+   standing on it, and the model (`SyncSplatModel`, frozen geometry = the source's);
+4. the instance cameras (dataset cameras evenly spread, or the orbit rig), the splat bridge and the sampler.
 
 Each `get_train_loss_dict` takes one `SyncSampler.step` and writes colours into the model (the canonical Tweedie
 estimate `z0_hat`, or the current sample: a viewer checkbox picks which), so the viewer shows progress live. The
@@ -22,13 +23,20 @@ registered as modules (their weights never enter `state_dict`) nor scanned by th
 (nerfstudio's "val" mode) builds them; ns-viewer, ns-render and ns-export load a run's model alone, without
 diffusion weights.
 
-The trainer's loop is sized to the steps left (`get_training_callbacks`) and cannot grow: a viewer restart
-mid-run may leave steps for `--load-dir` to finish, and once the loop is over the sampling controls are disabled.
+The pipeline, not the trainer's iteration count, ends a run: nerfstudio sizes its loop once, when training
+starts, so the loop is left open-ended (`get_training_callbacks`) and the pipeline stops the trainer when sampling
+is complete (or after `--max-num-iterations` steps). A viewer restart therefore always runs on to a finished
+restyle. Once the loop is over the sampling controls are disabled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import re
+import sys
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,20 +45,27 @@ import torch
 import tyro
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerNumber, ViewerText
 from torch import Tensor
 
 from nerfstudio_plugin.datamanager import SyncSplatDatamanagerConfig
+from nerfstudio_plugin.frames import SourceFrame, check_frame, in_nerfstudio_frame, source_transform, suffix_frame
 from nerfstudio_plugin.model import SyncSplatModelConfig
+from nerfstudio_plugin.viewer import ViewerReadout, ViewerRefresh
 from sync_splat.apps.restyle import RestyleConfig, orbit_cameras
-from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
+from sync_splat.bridges.splat import GaussianSplatBridge
 from sync_splat.errors import InputError, one_line_errors
 from sync_splat.sampler import SamplerState, SyncSampler
 from sync_splat.scene.cameras import Cameras
+from sync_splat.scene.frames import transform_scene
 from sync_splat.scene.gaussians import GaussianScene
+from sync_splat.scene.up_axis import UpAxis, estimate_up, stand_on
 
 if typing.TYPE_CHECKING:
+    from nerfstudio.engine.trainer import Trainer
+
     from sync_splat.denoisers.base import Denoiser
 
 RESTYLED_PLY = "restyled.ply"
@@ -72,9 +87,34 @@ class SyncSplatPipelineConfig(VanillaPipelineConfig):
     """Views to restyle: 'dataset' spreads --pipeline.views cameras over the --data capture, 'orbit' rings the scene."""
     resolution: int | None = None
     """Long side of the views in pixels (rounded to a multiple of 64); None uses the denoiser's native size."""
+    source_frame: SourceFrame | None = None
+    """Where the source's coordinates come from, with --data: 'nerfstudio' (a splatfacto run or ns-export: the
+    dataset's frame), 'colmap' or 'inria' (a 3DGS PLY trained on the COLMAP model), 'transforms' (a PLY trained on
+    the dataset's transforms.json). The scene is moved into the dataset's frame; restyled.ply stays in the source's.
+    None: used as it is, and refused if the dataset's cameras barely see it."""
+    compact_ply: bool = False
+    """Write restyled.ply with SH degree 0: the restyled colours are the same from every side, so the higher-order
+    SH columns of the source's degree (45 for degree 3) would all be zero; the file is then about 3.5x smaller."""
+    up: str | None = None
+    """The scene's up direction, for orbit views and view suffixes: an axis (z, x; write --pipeline.up=-y for a
+    minus) or 'x,y,z'. None estimates it: from the dataset's cameras, a splatfacto run's dataparser, an ns-export
+    PLY's header, or the scene's shape (the choice is printed)."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(
         default_factory=lambda: RestyleConfig(denoiser="sd")
     )
+
+    def settle(self) -> None:
+        """Make these settings independent of where they are read from: the source and the dataset become absolute
+        paths, and nerfstudio's --prompt (set on the model) becomes the pipeline's prompt, the one prompt kept."""
+        if self.source is not None:
+            self.source = self.source.expanduser().absolute()
+        if self.datamanager.data is not None:
+            self.datamanager.data = self.datamanager.data.expanduser().absolute()
+        if Path(self.datamanager.dataparser.data) != Path():
+            self.datamanager.dataparser.data = self.datamanager.dataparser.data.expanduser().absolute()
+        if self.model.prompt:
+            self.restyle = replace(self.restyle, prompt=self.model.prompt)
+            self.model.prompt = None
 
 
 class SyncSplatPipeline(VanillaPipeline):
@@ -83,7 +123,8 @@ class SyncSplatPipeline(VanillaPipeline):
     Attributes:
         datamanager: nerfstudio's datamanager (cameras and images for the trainer and the viewer).
         model: the `SyncSplatModel` holding the scene whose colours are restyled.
-        prompt, guidance_scale, restart, show_preview, step_counter: the viewer's controls.
+        prompt, guidance_scale, apply, restart, show_preview: the viewer's controls (disabled where nothing samples).
+        step_counter, status: read-only lines of the viewer's panel (the denoising step; what was last applied).
     """
 
     config: SyncSplatPipelineConfig
@@ -125,17 +166,28 @@ class SyncSplatPipeline(VanillaPipeline):
         self.test_mode = test_mode
         self.world_size = world_size
         self._restyle = self._restyle_config(config)
-        self._source = GaussianScene.load(config.source)
+        self._original = GaussianScene.load(config.source)  # as read: restyled.ply keeps its frame
+        self._source = self._original  # in the dataset's frame (moved there with --pipeline.source-frame)
         # Only training samples ("val", the trainer's mode); ns-export, ns-viewer, ns-render and ns-eval ("inference",
         # "test") need the model alone, so no diffusion weights are loaded for them.
-        self._denoiser: Denoiser | None = self._restyle.build_denoiser() if test_mode == "val" else None
-        self._orbit = orbit_cameras(self._source, self._restyle.views, self._view_size(), self._restyle.fov_deg)
-
-        self.datamanager = config.datamanager.setup(
-            device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank,
-            scene=self._source, cameras=self._orbit,
-        )  # fmt: skip
+        self._denoiser: Denoiser | None = None
+        if test_mode == "val":
+            with ns_train_flags():
+                self._denoiser = self._restyle.build_denoiser()
+        # The orbit rig stands on the scene's up; a dataset's cameras are evidence of it, so they are read first.
+        setup = {"device": device, "test_mode": test_mode, "world_size": world_size, "local_rank": local_rank}
+        if config.datamanager.has_dataset:
+            self.datamanager = config.datamanager.setup(**setup)
+            self._source = self._in_dataset_frame(self._original)
+            self._up = self._estimate_up(self._dataset_cameras().c2w)
+            self._orbit = self._orbit_rig()
+        else:
+            self._up = self._estimate_up(None)
+            self._orbit = self._orbit_rig()
+            self.datamanager = config.datamanager.setup(**setup, scene=self._source, cameras=self._orbit)
         self.datamanager.to(device)
+        if test_mode == "val":
+            CONSOLE.print(f"sync-splat: up is {self._up.describe()}; set it with --pipeline.up")
         self._model = config.model.setup(
             scene_box=self.datamanager.train_dataset.scene_box,
             num_train_data=len(self.datamanager.train_dataset),
@@ -152,25 +204,36 @@ class SyncSplatPipeline(VanillaPipeline):
         self._result: Tensor | None = None  # the canonical answer z once sampling is complete
         self._exported: Path | None = None
         self._run_dir: Path | None = None
+        self._trainer: Trainer | None = None
+        self._stop_at: int | None = None  # the denoising step at which this run stops (None: when complete)
+        self._stopped_trainer = False  # whether this pipeline told the trainer to stop (a restart takes it back)
         if self._denoiser is not None:
             self._build_sampler(device)
             self._state = self._sampler.init(self._generator())
 
-        sd = self._restyle.sd
-        self.prompt = ViewerText("Prompt", self._restyle.prompt, cb_hook=self._on_prompt,
-                                 hint="Text prompt; applies from the next step (Restart to start over)")  # fmt: skip
+        # The controls; a run that only shows a result (ns-viewer, ns-render) samples nothing, so they are disabled.
+        sampling = self._sampler is not None
+        only_here = "" if sampling else " (sampling runs in ns-train only)"
+        self.prompt = ViewerText("Prompt", self._restyle.prompt, disabled=not sampling,
+                                 hint="Text prompt; press Apply to use it from the next step" + only_here)  # fmt: skip
         self.guidance_scale = ViewerNumber(
-            "Guidance scale", sd.guidance_scale, cb_hook=self._on_guidance_scale,
-            disabled=self._restyle.denoiser != "sd", hint="Classifier-free guidance (Stable Diffusion only)",
+            "Guidance scale", self._restyle.sd.guidance_scale, disabled=not sampling or self._restyle.denoiser != "sd",
+            hint="Classifier-free guidance (Stable Diffusion only); press Apply to use it" + only_here,
         )  # fmt: skip
-        # A restart needs as many iterations as a fresh run: the trainer's loop stops where it was sized to stop,
-        # and --load-dir resumes from there.
-        self.restart = ViewerButton("Restart sampling", cb_hook=lambda _: self.restart_sampling())
+        # Typing updates the boxes on every keystroke: the settings change only when Apply is pressed.
+        self.apply = ViewerButton(
+            "Apply prompt and guidance", cb_hook=lambda _: self.apply_controls(), disabled=not sampling
+        )
+        self.restart = ViewerButton(
+            "Restart sampling", cb_hook=lambda _: self.restart_sampling(), disabled=not sampling
+        )
         self.show_preview = ViewerCheckbox(
-            "Show x0_hat preview", True, cb_hook=lambda _: self._show(),
-            hint="On: the Tweedie estimate of the final colours; off: the current (noisy) sample",
+            "Show x0_hat preview", True, cb_hook=lambda _: self._show(), disabled=not sampling,
+            hint="On: the Tweedie estimate of the final colours; off: the current (noisy) sample" + only_here,
         )  # fmt: skip
-        self.step_counter = ViewerText("Denoising step", self._progress(), disabled=True)
+        self.step_counter = ViewerReadout("Denoising step", self._progress())
+        self.status = ViewerReadout("Status", "sampling" if sampling else "showing the run's colours")
+        self._refresh_viewer = ViewerRefresh()
 
     # ---- construction ---------------------------------------------------------------------------------------
 
@@ -185,26 +248,51 @@ class SyncSplatPipeline(VanillaPipeline):
             return self.config.resolution
         return self._denoiser.native_size if self._denoiser is not None else 512
 
+    def _in_dataset_frame(self, scene: GaussianScene) -> GaussianScene:
+        """The source moved into the dataset's frame from the frame the user named; unnamed, it is checked."""
+        frame = self.config.source_frame
+        if frame is None:
+            if self.test_mode == "val" and not in_nerfstudio_frame(self.config.source):
+                check_frame(scene, self._dataset_cameras(), self.datamanager, self.config.source)
+            return scene
+        if frame == "nerfstudio":
+            return scene
+        transform, scale = source_transform(self.datamanager, frame)
+        return transform_scene(scene, transform, scale)
+
+    def _estimate_up(self, dataset_c2w: Tensor | None) -> UpAxis:
+        with ns_train_flags():
+            return estimate_up(self._source, self.config.source, dataset_c2w, override=self.config.up)
+
+    def _orbit_rig(self) -> Cameras:
+        """The orbit rig around the source, standing on its up direction."""
+        rig = orbit_cameras(self._source, self._restyle.views, self._view_size(), self._restyle.fov_deg)
+        centre, _ = self._source.bounding_sphere(trim=0.01)
+        return stand_on(rig, centre, self._up)
+
     @property
     def _views_from_orbit(self) -> bool:
         return self.config.cameras == "orbit" or not self.config.datamanager.has_dataset
+
+    def _dataset_cameras(self, max_views: int | None = None) -> Cameras:
+        dataset = self.datamanager.train_dataset.cameras
+        return Cameras.from_nerfstudio(
+            dataset.camera_to_worlds, dataset.fx, dataset.fy, dataset.cx, dataset.cy, dataset.width, dataset.height,
+            max_views=max_views,
+        )  # fmt: skip
 
     def _instance_cameras(self) -> Cameras:
         """The views to restyle, at the denoiser's resolution."""
         if self._views_from_orbit:
             return self._orbit
-        dataset = self.datamanager.train_dataset.cameras
-        cameras = Cameras.from_nerfstudio(
-            dataset.camera_to_worlds, dataset.fx, dataset.fy, dataset.cx, dataset.cy, dataset.width, dataset.height,
-            max_views=self._restyle.views,
-        )  # fmt: skip
+        cameras = self._dataset_cameras(max_views=self._restyle.views)
         size = self._view_size()
         return cameras.resized_for(size, multiple=64 if size >= 64 else size)
 
     def _build_sampler(self, device: str | torch.device) -> None:
         assert self._denoiser is not None
         cameras = self._instance_cameras()
-        fit = self._restyle.fit if cameras is self._orbit else _oriented_for(cameras, self._source, self._restyle.fit)
+        fit = suffix_frame(cameras, self._source, self._restyle.fit, self._up, orbit=cameras is self._orbit)
         self._bridge = fit.setup(self._denoiser, self._source.to(device), cameras.to(device))
         self._sampler = SyncSampler(self._denoiser, self._bridge, self._restyle.sync_config())
 
@@ -231,7 +319,7 @@ class SyncSplatPipeline(VanillaPipeline):
         """Take the next denoising step (none once complete) and show its colours; the loss is a constant 0."""
         if self._sampler is None or self._state is None:
             raise RuntimeError("this pipeline was built to show a run (ns-viewer, ns-export), not to sample")
-        if not self.complete:
+        if not self.complete and (self._stop_at is None or self.steps_taken < self._stop_at):
             # The viewer's x0_hat preview asks the sampler for g where the step would not otherwise run it.
             self._state = self._sampler.step(self._state, preview=bool(self.show_preview.value))
             if self._state.step_index == self._sampler.num_steps:
@@ -267,22 +355,30 @@ class SyncSplatPipeline(VanillaPipeline):
     # ---- viewer controls (callbacks run under the trainer's lock) -------------------------------------------
 
     def restart_sampling(self) -> None:
-        """Start over from the initial noise of the seed, with the current prompt and guidance scale."""
+        """Start over from the initial noise of the seed, with the current prompt and guidance scale; the run goes
+        on until sampling is complete again (or `--max-num-iterations` steps are taken)."""
         if self._sampler is None:
+            return
+        if self._trainer is not None and self._trainer.training_state == "completed":
+            CONSOLE.print("sync-splat: this run has ended; start a new ns-train run to sample again")
             return
         self._state = self._sampler.init(self._generator())
         self._result = None
         self._exported = None
+        if self._stopped_trainer and self._trainer is not None:  # the run had just completed: it goes on
+            self._trainer.stop_training = False
+            self._stopped_trainer = False
+        self.status.value = f"restarted with prompt {self._restyle.prompt!r}"
         self._show()
 
-    def _on_prompt(self, element: ViewerText) -> None:
-        self._apply_settings(prompt=element.value)
-
-    def _on_guidance_scale(self, element: ViewerNumber) -> None:
-        self._apply_settings(guidance_scale=float(element.value))
+    def apply_controls(self) -> None:
+        """Use the prompt and guidance scale in the viewer's boxes from the next step on (the Apply button)."""
+        self._apply_settings(prompt=str(self.prompt.value), guidance_scale=float(self.guidance_scale.value))
 
     def _apply_settings(self, prompt: str | None = None, guidance_scale: float | None = None) -> None:
-        """Change the prompt or guidance scale of the coming steps (already-taken steps are kept)."""
+        """Change the prompt or guidance scale of the coming steps (already-taken steps are kept). A setting that
+        is refused (e.g. a prompt that names no preset of the prior) is reported in the viewer's status and the
+        log; sampling goes on with the settings it had."""
         restyle = self._restyle
         if prompt is not None:
             restyle = replace(restyle, prompt=prompt)
@@ -291,9 +387,14 @@ class SyncSplatPipeline(VanillaPipeline):
         if restyle == self._restyle:
             return
         try:
-            self._use_settings(restyle)
+            with ns_train_flags():
+                self._use_settings(restyle)
         except InputError as error:
+            self.status.value = f"not applied: {error}"
             CONSOLE.print(f"[bold red]sync-splat: error:[/bold red] {error}", soft_wrap=True)
+            return
+        applied = f"prompt {restyle.prompt!r}, guidance scale {restyle.sd.guidance_scale}"
+        self.status.value = f"{applied} from step {self.steps_taken + 1}"
 
     def _use_settings(self, restyle: RestyleConfig) -> None:
         if self._denoiser is not None and self._sampler is not None and self._bridge is not None:
@@ -314,18 +415,30 @@ class SyncSplatPipeline(VanillaPipeline):
     # ---- trainer hooks --------------------------------------------------------------------------------------
 
     def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> list[TrainingCallback]:
-        """Size the run to the remaining steps, export as soon as sampling completes, and stop the trainer."""
+        """Run until sampling is complete (or `--max-num-iterations` steps), export, then stop the trainer.
+
+        Nerfstudio sizes its loop once, when training starts, and a restart from the viewer needs more iterations
+        than were left; so the loop is made open-ended here and this pipeline ends it (`trainer.stop_training`).
+        """
         trainer = attributes.trainer
         if trainer is not None:
+            self._trainer = trainer
             self._run_dir = Path(trainer.base_dir)
-            if trainer.config.max_num_iterations is None:
-                trainer.config.max_num_iterations = max(1, self.num_steps - self.steps_taken)
+            limit = trainer.config.max_num_iterations
+            self._stop_at = self.num_steps if limit is None else min(self.num_steps, self.steps_taken + max(limit, 0))
+            trainer.config.max_num_iterations = sys.maxsize
 
         def after_iteration(step: int) -> None:
             if self.complete and self._exported is None:
                 self.export_restyled()
-                if trainer is not None:
-                    trainer.stop_training = True
+            if trainer is None or self._stop_at is None:
+                return
+            if self.complete or self.steps_taken >= self._stop_at:
+                trainer.stop_training = True
+                self._stopped_trainer = True
+            # The console's ETA counts trainer iterations: the ones left are the denoising steps left.
+            writer.GLOBAL_BUFFER["max_iter"] = max(1, step + self._stop_at - self.steps_taken)  # divides the step
+            self._refresh_viewer(getattr(trainer, "viewer_state", None), step, self.steps_taken)
 
         def after_train(step: int) -> None:
             if self.complete and self._exported is None:
@@ -336,10 +449,11 @@ class SyncSplatPipeline(VanillaPipeline):
                     "--load-dir <this run>/nerfstudio_models"
                 )
             # Nothing takes steps any more (the viewer may stay open): a restart or a new prompt would do nothing.
-            for element in (self.prompt, self.guidance_scale, self.restart):
+            for element in (self.prompt, self.guidance_scale, self.apply, self.restart, self.show_preview):
                 element.disabled = True
                 if element.gui_handle is not None:
                     element.set_disabled(True)
+            self.status.value = "finished" if self.complete else "stopped"
 
         return [
             *super().get_training_callbacks(attributes),
@@ -351,7 +465,10 @@ class SyncSplatPipeline(VanillaPipeline):
         """Write `restyled.ply` into the run folder atomically (standard 3DGS PLY, the geometry bit for bit)."""
         if self._result is None or self._bridge is None or self._run_dir is None:
             raise RuntimeError("export_restyled needs a complete sampling and the trainer's run folder")
-        self._exported = self._bridge.export(self._result, self._run_dir / RESTYLED_PLY)
+        # The restyled colours on the source's own geometry, in its own frame (moved into the dataset's or not).
+        sh = self._bridge.restyled_scene(self._result).sh.to(self._original.sh)
+        restyled = replace(self._original, sh=sh[:, :1] if self.config.compact_ply else sh)
+        self._exported = restyled.save(self._run_dir / RESTYLED_PLY)
         CONSOLE.print(f"sync-splat: wrote {self._exported}")
         return self._exported
 
@@ -383,10 +500,13 @@ class SyncSplatPipeline(VanillaPipeline):
             "--pipeline.cameras": "orbit" if self._views_from_orbit else "dataset",
             "--pipeline.resolution": self.config.resolution,
             "--pipeline.fit.canonical": restyle.fit.canonical,
+            "--pipeline.up": ",".join(f"{v:g}" for v in self._up.up),
+            "--pipeline.source-frame": self.config.source_frame or "nerfstudio",
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         saved, current = state["settings"], self._sampling_settings()
+        current = {name: value for name, value in current.items() if name in saved}  # older checkpoints hold fewer
         if saved != current:
             changed = ", ".join(f"{name} {saved.get(name)}" for name in current if saved.get(name) != current[name])
             raise InputError(f"this checkpoint was sampled with {changed}: resume with the same settings")
@@ -426,22 +546,19 @@ class SyncSplatPipeline(VanillaPipeline):
         self.model.step = step
 
 
-def _oriented_for(cameras: Cameras, scene: GaussianScene, fit: SplatBridgeConfig) -> SplatBridgeConfig:
-    """The fit settings with the view-suffix frame of a capture: `up` is the cameras' mean up direction (as
-    nerfstudio's "up" orientation estimates it), `front` the side of the scene the first view looks from. The
-    defaults (y up, z front) describe orbit rigs; settings a user changed are kept."""
-    defaults = SplatBridgeConfig()
-    if (fit.up, fit.front) != (defaults.up, defaults.front):
-        return fit
-    c2w = cameras.c2w.double().cpu()
-    up = -c2w[:, :3, 1].mean(dim=0)  # OpenCV y points down in the image
-    if up.norm() < 1e-6:
-        return fit
-    up = up / up.norm()
-    centre, _ = scene.bounding_sphere(trim=0.01)
-    front = c2w[0, :3, 3] - centre.double().cpu()
-    front = front - (front @ up) * up
-    if front.norm() < 1e-6:
-        return fit
-    front = front / front.norm()
-    return replace(fit, up=tuple(up.tolist()), front=tuple(front.tolist()))
+_RESTYLE_FLAG = re.compile(
+    r"(?<![\w.-])--(?=(?:"
+    + "|".join(f.name.replace("_", "-") for f in dataclasses.fields(RestyleConfig))
+    + r")(?![\w-]))"
+)
+"""A flag of the restyle settings as `sync-splat restyle` names it (`--denoiser`, `--sd.model`, ...)."""
+
+
+@contextlib.contextmanager
+def ns_train_flags() -> Iterator[None]:
+    """Rename, in an `InputError` raised inside, the restyle settings' flags to what `ns-train sync-splat` calls them
+    (`--denoiser prior` -> `--pipeline.denoiser prior`): the shared settings word their hints for `sync-splat`."""
+    try:
+        yield
+    except InputError as error:
+        raise InputError(_RESTYLE_FLAG.sub("--pipeline.", str(error))) from None

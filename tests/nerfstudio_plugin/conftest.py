@@ -13,7 +13,9 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -78,18 +80,24 @@ def write_dataset(scene: GaussianScene, root: Path) -> Path:
 
 
 def write_splatfacto_run(scene: GaussianScene, output_dir: Path) -> Path:
-    """A splatfacto run as `ns-train splatfacto` leaves it: `config.yml` and `nerfstudio_models/step-*.ckpt`.
+    """A splatfacto run as `ns-train splatfacto` leaves it: `config.yml` (splatfacto's datamanager and nerfstudio's
+    dataparser, whose default orientation turns the frame z up) and `nerfstudio_models/step-*.ckpt`.
 
     Returns the run's config.yml.
     """
+    from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
     from nerfstudio.engine.trainer import TrainerConfig
     from nerfstudio.models.splatfacto import SplatfactoModelConfig
     from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
+    pipeline = VanillaPipelineConfig(
+        datamanager=FullImageDatamanagerConfig(dataparser=NerfstudioDataParserConfig(load_3D_points=True)),
+        model=SplatfactoModelConfig(sh_degree=scene.sh_degree),
+    )
     config = TrainerConfig(
-        method_name="splatfacto", experiment_name="data", output_dir=output_dir, timestamp="run",
-        pipeline=VanillaPipelineConfig(model=SplatfactoModelConfig(sh_degree=scene.sh_degree)),
-    )  # fmt: skip
+        method_name="splatfacto", experiment_name="data", output_dir=output_dir, timestamp="run", pipeline=pipeline
+    )
     config.save_config()
     write_splatfacto_checkpoint(scene, config.get_checkpoint_dir() / "step-000000999.ckpt")
     return config.get_base_dir() / "config.yml"
@@ -143,18 +151,44 @@ def ns_train_command(output_dir: Path, *args: str, vis: str = "tensorboard") -> 
     return [str(Path(sys.executable).with_name("ns-train")), *ns_train_args(output_dir, *args, vis=vis)]
 
 
-def train_in_process(output_dir: Path, *args: str, timestamp: str = "run") -> Path:
+def train_in_process(
+    output_dir: Path,
+    *args: str,
+    timestamp: str = "run",
+    during: Callable[[Any, int], None] | None = None,
+    vis: str = "tensorboard",
+) -> Path:
     """Parse `ns-train sync-splat ARGS` with nerfstudio's own CLI and run its train loop in this process.
+
+    Args:
+        during: called as `during(pipeline, step)` after each trainer iteration, under the trainer's lock, as a
+            viewer control's callback would run (e.g. to press Restart at a chosen step).
 
     Returns the run folder.
     """
     import tyro
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
-    from nerfstudio.scripts.train import main
+    from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+    from nerfstudio.scripts import train
 
-    argv = ns_train_args(output_dir, *args)
+    def train_loop(local_rank: int, world_size: int, config: Any, global_rank: int = 0) -> None:
+        trainer = config.setup(local_rank=local_rank, world_size=world_size)
+        trainer.setup()
+        if during is not None:
+            hook = TrainingCallback(
+                [TrainingCallbackLocation.AFTER_TRAIN_ITERATION], lambda step: during(trainer.pipeline, step)
+            )
+            trainer.callbacks.insert(0, hook)  # before the pipeline's own, as a click between two steps
+        trainer.train()
+
+    argv = ns_train_args(output_dir, *args, vis=vis)
     argv[argv.index("--timestamp") + 1] = timestamp
-    main(tyro.cli(AnnotatedBaseConfigUnion, args=argv))
+    original = train.train_loop
+    train.train_loop = train_loop
+    try:
+        train.main(tyro.cli(AnnotatedBaseConfigUnion, args=argv))
+    finally:
+        train.train_loop = original
     return output_dir / "test" / "sync-splat" / timestamp
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import itertools
 import subprocess
@@ -118,3 +119,26 @@ def test_config_module_imports_without_method_configs() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "sync-splat"
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("outputs/garden/splatfacto/2026-01-01_000000/config.yml", "garden"),
+        ("outputs/garden/splatfacto/2026-01-01_000000/nerfstudio_models/step-000029999.ckpt", "garden"),
+        ("bicycle/point_cloud/iteration_30000/point_cloud.ply", "bicycle"),  # the 3DGS layout
+        ("scans/teapot.ply", "teapot"),
+    ],
+)
+def test_runs_without_a_dataset_are_named_after_the_source(tmp_path, source: str, name: str) -> None:
+    from nerfstudio_plugin.config import experiment_name_of, sync_splat
+
+    assert experiment_name_of(tmp_path / source) == name
+    config = copy.deepcopy(sync_splat.config)
+    config.pipeline.source = tmp_path / source
+    config.set_experiment_name()
+    assert config.experiment_name == name
+    config = copy.deepcopy(sync_splat.config)
+    config.pipeline.source, config.pipeline.datamanager.data = tmp_path / source, tmp_path / "data" / "kitchen"
+    config.set_experiment_name()
+    assert config.experiment_name == "kitchen"  # with a dataset: named after it, as nerfstudio does

@@ -97,39 +97,61 @@ def test_controls_are_disabled_once_the_trainer_stops(pipeline, tmp_path: Path) 
     trainer = SimpleNamespace(base_dir=tmp_path, config=SimpleNamespace(max_num_iterations=None), stop_training=False)
     attributes = TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=pipeline, trainer=trainer)
     callbacks = pipeline.get_training_callbacks(attributes)
-    assert trainer.config.max_num_iterations == 3  # one iteration per denoising step
     for step in range(3):
+        assert not trainer.stop_training  # the pipeline, not the loop's size, ends the run
         pipeline.get_train_loss_dict(step)
         for callback in callbacks:
             callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
     assert trainer.stop_training and (tmp_path / "restyled.ply").is_file()
-    assert not any(control.disabled for control in (pipeline.prompt, pipeline.restart))
+    controls = (pipeline.prompt, pipeline.apply, pipeline.restart, pipeline.show_preview)
+    assert not any(control.disabled for control in controls)
     for callback in callbacks:
         callback.run_callback_at_location(2, TrainingCallbackLocation.AFTER_TRAIN)
-    assert all(control.disabled for control in (pipeline.prompt, pipeline.guidance_scale, pipeline.restart))
+    assert all(control.disabled for control in (*controls, pipeline.guidance_scale))
 
 
-def test_prompt_applies_to_the_coming_steps(pipeline, capsys: pytest.CaptureFixture[str]) -> None:
-    pipeline.prompt.value = "marble"
-    pipeline.prompt.cb_hook(pipeline.prompt)
+def type_into(box, text: str) -> None:
+    """What the viewer does while a user types: the box's value changes and its callback runs, keystroke by
+    keystroke."""
+    for end in range(1, len(text) + 1):
+        box.value = text[:end]
+        box.cb_hook(box)
+
+
+def test_prompt_applies_to_the_coming_steps_when_applied(pipeline, capsys: pytest.CaptureFixture[str]) -> None:
+    type_into(pipeline.prompt, "marble")
+    assert pipeline.get_extra_state()["prompt"] == "wood"  # typing alone changes nothing ('m' names no preset)
+    assert "error" not in capsys.readouterr().out
+    pipeline.apply.cb_hook(pipeline.apply)
     assert pipeline.get_extra_state()["prompt"] == "marble"
     marble = build_pipeline(pipeline.config.source, prompt="marble")
     for step in (0, 1):
         pipeline.get_train_loss_dict(step=step)
         marble.get_train_loss_dict(step=step)
     assert torch.equal(shown_colors(pipeline), shown_colors(marble))
-    pipeline.prompt.value = "no such texture"  # the prior names presets: refused in one line, settings kept
-    pipeline.prompt.cb_hook(pipeline.prompt)
-    assert pipeline.get_extra_state()["prompt"] == "marble"
-    assert "sync-splat" in capsys.readouterr().out
+
+
+def test_an_invalid_prompt_is_reported_and_sampling_goes_on(pipeline, capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline.get_train_loss_dict(step=0)
+    type_into(pipeline.prompt, "no such texture")  # the prior names presets: refused in one line, settings kept
+    pipeline.apply.cb_hook(pipeline.apply)
+    assert pipeline.get_extra_state()["prompt"] == "wood"
+    assert "no such texture" in pipeline.status.value and "not applied" in pipeline.status.value
+    assert "sync-splat: error:" in capsys.readouterr().out
+    wood = build_pipeline(pipeline.config.source)
+    for step in (0, 1, 2):
+        wood.get_train_loss_dict(step=step)
+    for step in (1, 2):
+        pipeline.get_train_loss_dict(step=step)
+    assert pipeline.complete and torch.equal(shown_colors(pipeline), shown_colors(wood))
 
 
 def test_a_checkpoint_resumes_with_the_viewer_settings(pipeline, scene_files: dict[str, Path]) -> None:
     """What the viewer changed (here the prompt) is saved with the sampler state, and a resumed pipeline built
     from the original flags continues exactly as the saved one does."""
     pipeline.get_train_loss_dict(step=0)
-    pipeline.prompt.value = "marble"
-    pipeline.prompt.cb_hook(pipeline.prompt)
+    type_into(pipeline.prompt, "marble")
+    pipeline.apply.cb_hook(pipeline.apply)
     resumed = build_pipeline(scene_files["ply"])  # --pipeline.prompt wood, as the run was started
     resumed.load_pipeline(pipeline.state_dict(), step=0)
     assert resumed.prompt.value == "marble" and resumed.step_counter.value == "1 / 3"
@@ -145,7 +167,7 @@ def test_guidance_scale_reaches_stable_diffusion(scene_files: dict[str, Path], t
     pipeline = build_pipeline(scene_files["ply"], denoiser="sd", prompt="a red teapot", sd=sd, steps=2, views=2)
     assert not pipeline.guidance_scale.disabled
     pipeline.guidance_scale.value = 2.5
-    pipeline.guidance_scale.cb_hook(pipeline.guidance_scale)
+    pipeline.apply.cb_hook(pipeline.apply)
     assert pipeline._denoiser.config.guidance_scale == 2.5
     assert pipeline.get_extra_state()["guidance_scale"] == 2.5
     names = set(pipeline.state_dict())  # no diffusion weights in what checkpoints save
@@ -157,9 +179,10 @@ def test_view_suffixes_follow_the_capture_up_direction() -> None:
     orbit rigs' y-up frame."""
     from conftest import dataset_cameras, tiny_scene
 
-    from nerfstudio_plugin.pipeline import _oriented_for
+    from nerfstudio_plugin.frames import suffix_frame
     from sync_splat.bridges.splat import SplatBridgeConfig
     from sync_splat.scene.cameras import Cameras
+    from sync_splat.scene.up_axis import estimate_up
 
     y_to_z = torch.tensor([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])  # +y becomes +z
     scene = tiny_scene()
@@ -167,11 +190,12 @@ def test_view_suffixes_follow_the_capture_up_direction() -> None:
                           scene.sh)  # fmt: skip
     y_up = dataset_cameras(tiny_scene())
     cameras = Cameras(y_to_z @ y_up.c2w, y_up.Ks, y_up.width, y_up.height)
-    fit = _oriented_for(cameras, scene, SplatBridgeConfig())
+    up = estimate_up(scene, c2w=cameras.c2w)
+    fit = suffix_frame(cameras, scene, SplatBridgeConfig(), up, orbit=False)
     torch.testing.assert_close(torch.tensor(fit.up), torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
     assert abs(torch.tensor(fit.front) @ torch.tensor(fit.up)) < 1e-6
     chosen = SplatBridgeConfig(up=(0.0, 1.0, 0.0), front=(1.0, 0.0, 0.0))
-    assert _oriented_for(cameras, scene, chosen) == chosen  # what a user set is kept
+    assert suffix_frame(cameras, scene, chosen, up, orbit=False) == chosen  # what a user set is kept
 
 
 @pytest.mark.parametrize(("case", "canonical"), [(5, "latent"), (4, "latent")])
@@ -190,3 +214,25 @@ def test_canonical_cases_run_and_preview(scene_files: dict[str, Path], case: int
     for step in (1, 2):
         pipeline.get_train_loss_dict(step=step)
     assert pipeline.complete
+
+
+@pytest.mark.parametrize(
+    ("train_util", "step_seconds", "render_seconds", "every"),
+    [
+        (0.85, 2.0, 0.1, 1),  # rendering is cheap next to a step: after every step
+        (0.85, 1.0, 1.0, 6),  # 6 steps (6 s) per 1 s render: 6 / 7 >= 0.85 > 5 / 6
+        (0.5, 1.0, 3.0, 3),
+        (0.85, None, 1.0, 1),  # not measured yet
+        (1.0, 1.0, 1.0, None),  # "Train Util" 1: no renders while sampling
+    ],
+)
+def test_the_viewer_renders_every_so_many_denoising_steps(
+    train_util: float, step_seconds: float | None, render_seconds: float, every: int | None
+) -> None:
+    from nerfstudio_plugin.viewer import renders_every
+
+    assert renders_every(train_util, step_seconds, render_seconds) == every
+    if every is not None and step_seconds is not None:  # the share of time sampling gets is train_util or more
+        share = every * step_seconds / (every * step_seconds + render_seconds)
+        fewer = (every - 1) * step_seconds / ((every - 1) * step_seconds + render_seconds)
+        assert share >= train_util and (every == 1 or fewer < train_util)

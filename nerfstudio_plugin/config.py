@@ -35,6 +35,18 @@ class SyncSplatTrainerConfig(TrainerConfig):
     """Denoising steps to take before stopping (resume with --load-dir); None: until sampling is complete. The run
     stops at the same step after a viewer restart."""
 
+    def __setattr__(self, name: str, value: object) -> None:
+        """Keep the run's viewer address when a command swaps in nerfstudio's default viewer settings.
+
+        `ns-viewer --load-config` replaces the saved viewer config with its own defaults, which listen on every
+        interface (0.0.0.0). A replacement that asks for nothing but that default keeps the saved host (127.0.0.1 unless
+        the run was trained with another `--viewer.websocket-host`); any other host the user passes wins."""
+        saved = self.__dict__.get("viewer") if name == "viewer" else None
+        default_host = ViewerConfig.websocket_host
+        if isinstance(saved, ViewerConfig) and isinstance(value, ViewerConfig) and value.websocket_host == default_host:
+            value.websocket_host = saved.websocket_host
+        super().__setattr__(name, value)
+
     def set_experiment_name(self) -> None:
         """Name the experiment after the dataset, as nerfstudio does, or else after the source scene."""
         if self.experiment_name is None and not self.pipeline.datamanager.has_dataset and self.pipeline.source:

@@ -142,3 +142,22 @@ def test_runs_without_a_dataset_are_named_after_the_source(tmp_path, source: str
     config.pipeline.source, config.pipeline.datamanager.data = tmp_path / source, tmp_path / "data" / "kitchen"
     config.set_experiment_name()
     assert config.experiment_name == "kitchen"  # with a dataset: named after it, as nerfstudio does
+
+
+def test_ns_viewer_keeps_the_runs_localhost(tmp_path) -> None:
+    """`ns-viewer --load-config` swaps in its own viewer settings (host 0.0.0.0 by default) after loading config.yml;
+    a sync-splat run keeps listening on 127.0.0.1 unless the user names another host."""
+    import dataclasses
+
+    import yaml
+    from nerfstudio.scripts.viewer.run_viewer import ViewerConfigWithoutNumRays
+
+    from nerfstudio_plugin.config import sync_splat
+
+    saved = tmp_path / "config.yml"
+    saved.write_text(yaml.dump(dataclasses.replace(sync_splat.config)), "utf8")
+    config = yaml.load(saved.read_text("utf8"), Loader=yaml.Loader)  # as nerfstudio's eval_setup reads it
+    config.viewer = ViewerConfigWithoutNumRays().as_viewer_config()  # what RunViewer.main does next
+    assert config.viewer.websocket_host == "127.0.0.1"
+    config.viewer = ViewerConfigWithoutNumRays(websocket_host="192.168.1.5").as_viewer_config()
+    assert config.viewer.websocket_host == "192.168.1.5"  # an address the user asks for wins

@@ -95,10 +95,6 @@ class SyncSplatPipelineConfig(VanillaPipelineConfig):
     compact_ply: bool = False
     """Write restyled.ply with SH degree 0: the restyled colours are the same from every side, so the higher-order
     SH columns of the source's degree (45 for degree 3) would all be zero; the file is then about 3.5x smaller."""
-    up: str | None = None
-    """The scene's up direction, for orbit views and view suffixes: an axis (z, x; write --pipeline.up=-y for a
-    minus) or 'x,y,z'. None estimates it: from the dataset's cameras, a splatfacto run's dataparser, an ns-export
-    PLY's header, or the scene's shape (the choice is printed)."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(
         default_factory=lambda: RestyleConfig(denoiser="sd")
     )
@@ -262,7 +258,7 @@ class SyncSplatPipeline(VanillaPipeline):
 
     def _estimate_up(self, dataset_c2w: Tensor | None) -> UpAxis:
         with ns_train_flags():
-            return estimate_up(self._source, self.config.source, dataset_c2w, override=self.config.up)
+            return estimate_up(self._source, self.config.source, dataset_c2w, override=self._restyle.up)
 
     def _orbit_rig(self) -> Cameras:
         """The orbit rig around the source, standing on its up direction."""

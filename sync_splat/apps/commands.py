@@ -34,7 +34,7 @@ class RestyleCommand:
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
     def main(self) -> None:
-        from sync_splat.apps.restyle import orbit_cameras, restyle
+        from sync_splat.apps.restyle import restyle
         from sync_splat.scene.gaussians import GaussianScene
         from sync_splat.scene.images import write_image_rows
 
@@ -53,8 +53,7 @@ class RestyleCommand:
 
             from sync_splat.apps.view import InstanceViews, open_page, serve
 
-            # The rig `restyle` used: the same scene and settings give the same cameras at the views' size.
-            cameras = orbit_cameras(source, self.restyle.views, result.after.shape[-1], self.restyle.fov_deg)
+            cameras = result.cameras
             fov_y = 2 * torch.atan(cameras.height / (2 * cameras.Ks[:, 1, 1]))
             instances = InstanceViews(c2w=cameras.c2w, fov_y=fov_y, images=result.after)
             serve(open_page(self.out, ViewConfig(before=self.scene), instances=instances))

@@ -9,7 +9,7 @@ sampler; runs every step with a progress bar; and returns the restyled scene wit
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -30,6 +30,7 @@ from sync_splat.sampler import SyncSampler
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.files import atomic_output
 from sync_splat.scene.gaussians import GaussianScene
+from sync_splat.scene.up_axis import estimate_up, stand_on
 
 TRIM = 0.01
 """The fraction of outlying Gaussians (floaters) the orbit rig's bounding sphere leaves out."""
@@ -55,6 +56,10 @@ class RestyleConfig(SamplingSettings):
     """Field of view of the orbit cameras."""
     fit: SplatBridgeConfig = field(default_factory=SplatBridgeConfig)
     """How the splat colours are fitted to the views (canonical space, tolerance, iterations)."""
+    up: str | None = None
+    """The scene's up direction, for the orbit views and their prompt suffixes: an axis (z, x; write --up=-y for a
+    minus) or 'x,y,z'. None estimates it: from a splatfacto run's dataparser, an ns-export PLY's header, or the
+    scene's shape (splatfacto and ns-export scenes are z-up)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,6 +84,8 @@ class RestyleResult:
     scene: GaussianScene
     before: Tensor
     after: Tensor
+    cameras: Cameras
+    """The orbit views the scene was restyled through."""
 
 
 def orbit_cameras(scene: GaussianScene, views: int, native_size: int, fov_deg: float) -> Cameras:
@@ -160,15 +167,20 @@ def restyle(
         denoiser = config.build_denoiser()
     else:
         config.check_steps(denoiser)
-    cameras = orbit_cameras(scene, config.views, denoiser.native_size, config.fov_deg)
+    up = estimate_up(scene, scene.source, override=config.up)
+    rig = orbit_cameras(scene, config.views, denoiser.native_size, config.fov_deg)
+    cameras = stand_on(rig, scene.bounding_sphere(trim=TRIM)[0], up)
     before, alpha = _render(scene, cameras, background=1.0)
     check_seen(scene, alpha)
-    bridge = config.fit.setup(denoiser, scene, cameras)
+    fit = config.fit
+    if (fit.up, fit.front) == (SplatBridgeConfig.up, SplatBridgeConfig.front):  # name the views on the same up
+        fit = replace(fit, up=up.up, front=up.front)
+    bridge = fit.setup(denoiser, scene, cameras)
     sampled_through = bridge if instrument is None else instrument(bridge)
     sampler = SyncSampler(denoiser, sampled_through, config.sync_config())
     result = sample_with_progress(sampler, config.seed, f"restyling '{config.prompt}'", show_progress)
     restyled = bridge.restyled_scene(result.z)
-    return RestyleResult(scene=restyled, before=before, after=render_rgb(restyled, cameras))
+    return RestyleResult(scene=restyled, before=before, after=render_rgb(restyled, cameras), cameras=cameras)
 
 
 def write_turntable(scene: GaussianScene, path: Path, frames: int = 36, size: int = 160, fov_deg: float = 50.0) -> Path:

@@ -184,7 +184,12 @@ def test_live_view_renders_each_denoising_step_at_full_resolution(tmp_path: Path
             websocket.send(msgspec.msgpack.encode(camera))
             deadline = time.monotonic() + 120
             complete = f"{steps} / {steps} (complete)"
-            while time.monotonic() < deadline and not any(complete in header for header in headers):
+            last_step = f"Step: {steps}"
+
+            def finished() -> bool:  # the readout and the viewer's header are separate messages: wait for both
+                return any(complete in h for h in headers) and any(h.startswith(last_step) for h in headers)
+
+            while time.monotonic() < deadline and not finished():
                 try:
                     frame = websocket.recv(timeout=1)
                 except TimeoutError:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interrupts import ctrl_c_in_this_process, ctrl_c_reaches_the_child
 
 from sync_splat.cli import entrypoint
 from sync_splat.errors import INTERRUPTED_EXIT_STATUS, InputError, note_written, one_line_errors
@@ -334,7 +335,7 @@ def test_ctrl_c_during_a_run_is_one_line_exit_130_and_leaves_nothing(tmp_path: P
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.PIPE, text=True,
-        env={**cli_env(), "TERM": "xterm"},
+        env={**cli_env(), "TERM": "xterm"}, preexec_fn=ctrl_c_reaches_the_child,
     )  # fmt: skip
     os.close(terminal)
     shown, deadline = b"", time.monotonic() + 300
@@ -365,7 +366,7 @@ def test_an_interrupt_after_some_outputs_names_them(tmp_path: Path, capsys) -> N
 
 def test_ctrl_c_while_a_set_is_written_leaves_none_of_it(tmp_path: Path) -> None:
     first, second = tmp_path / "a.ply", tmp_path / "a_views.png"
-    with pytest.raises(KeyboardInterrupt), staged_files(first, second) as (first_tmp, _):
+    with ctrl_c_in_this_process(), pytest.raises(KeyboardInterrupt), staged_files(first, second) as (first_tmp, _):
         first_tmp.write_bytes(b"complete")
         os.kill(os.getpid(), signal.SIGINT)  # delivered here, in the main thread, as a KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []

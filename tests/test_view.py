@@ -22,6 +22,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from interrupts import ctrl_c_reaches_the_child
 
 from sync_splat.apps.view import InstanceViews, ViewConfig, kind_of, open_page
 from sync_splat.apps.view_content import load_splats, panorama_sphere_glb, splat_covariances
@@ -177,7 +178,7 @@ def test_the_command_line_refuses_in_one_line_and_stops_on_ctrl_c_in_one_line(tm
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "sync_splat.cli", "view", str(path), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches_the_child,
     )  # fmt: skip
     try:
         line = process.stdout.readline()  # printed once the page is served
@@ -200,7 +201,7 @@ def test_restyle_view_serves_the_result_after_writing_it(tmp_path: Path) -> None
     process = subprocess.Popen(
         [sys.executable, "-m", "sync_splat.cli", "restyle", str(source), "--out", str(out), "--view",
          "--steps", "3", "--views", "3"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches_the_child,
     )  # fmt: skip
     try:
         lines = [process.stdout.readline()]  # a progress bar, the files written, then the page's address

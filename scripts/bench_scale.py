@@ -18,12 +18,14 @@ antialiased rendering for the donut, and the pixel-space codec of the exact prio
    product with A (a composite of every view) is timed and a step counted as the stored fit's CG iterations plus two
    such passes (marked ~).
 3. Extrapolation to `--target` (1 M Gaussians, 50 views of 512 x 512): the memory model on the generated scene, its
-   weights sampled on one view, and seconds per step scaled from part 2's largest scene by the number of weights
-   (marked ~): nothing of that size runs here.
+   weights sampled on three views, as generated (the grid leaves much of each view empty) and for a capture that covers
+   every pixel at the same weights per covered pixel; seconds per step scaled from part 2's largest scene by the
+   number of weights (all marked ~): nothing of that size runs here.
 
 The last line is `RESULT peak_gb_per_proc_1M_50v_512=<x> fit_s_per_step_1M=<x> two_proc_speedup=<x>
-psnr_delta_db=<x>`: the predicted peak and the extrapolated step seconds of the storage "auto" picks under 8 GiB,
-nan for the two-process speedup (views are not yet sharded across processes), and the largest |delta| of part 1.
+psnr_delta_db=<x>`: the predicted peak and the extrapolated step seconds of the storage "auto" picks under 8 GiB for
+fully covered views, nan for the two-process speedup (views are not yet sharded across processes), and the largest
+|delta| of part 1.
 
     python scripts/bench_scale.py [--gaussians 100000 300000] [--views 8] [--sizes 128] [--threads 2]
 """
@@ -31,6 +33,7 @@ nan for the two-process speedup (views are not yet sharded across processes), an
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -199,13 +202,15 @@ def scale_run(run: ScaleRun) -> ScaleOutcome:
         pass_s = time.perf_counter() - begin
         nnz = round(sample.weights)
     else:
-        z, zs = None, []
+        z, zs, warm_s, iterations = None, [], [], 0
         for step in range(run.steps):
             begin = time.perf_counter()
             fit = bridge.fit(codec.encode(targets[step]), previous=z)
-            step_s = time.perf_counter() - begin  # the last (warm) step
-            z, iterations = fit.z, fit.iterations
+            (warm_s if step else []).append(time.perf_counter() - begin)
+            z, iterations = fit.z, iterations + (fit.iterations if step else 0)
             zs.append(z)
+        step_s = sum(warm_s) / len(warm_s) if warm_s else math.nan
+        iterations = round(iterations / max(len(warm_s), 1))
         torch.save(torch.stack(zs), run.folder / f"{run.storage}.pt")
         compact = run.folder / "compact.pt"
         if run.storage == "stored" and compact.is_file():
@@ -233,7 +238,7 @@ class BenchScale:
 
     quality_scenes: tuple[str, ...] = ("demo", "donut")
     """Scenes of part 1: 'demo' (the teapot), 'donut' (the fixture), a Gaussian count (tiled donut) or a .ply path."""
-    quality_size: int = 48
+    quality_size: int = 32
     """Side of part 1's views in pixels."""
     gaussians: tuple[str, ...] = ("100000", "300000")
     """Scenes of part 2: Gaussian counts of the tiled donut (or any name `quality_scenes` takes)."""
@@ -241,8 +246,8 @@ class BenchScale:
     """View counts of part 2 (the rig of scripts/bench_unproject.py)."""
     sizes: tuple[int, ...] = (128,)
     """Sides of part 2's views in pixels."""
-    steps: int = 2
-    """Fits per configuration, the first cold, the others warm-started."""
+    steps: int = 3
+    """Fits per configuration, the first cold, the others warm-started (part 2 times the warm ones)."""
     target: tuple[int, int, int] = (1_000_000, 50, 512)
     """Part 3: Gaussians, views and side of the extrapolated configuration."""
     threads: int = 2
@@ -296,7 +301,7 @@ class BenchScale:
         print("| scene | storage | PSNR dB | delta dB | fit s |")
         print("|---|---|---|---|---|")
         for name, storage, psnr, seconds, delta in rows:
-            print(f"| {name} | {storage} | {psnr:.3f} | {delta:+.4f} | {seconds:.1f} |")
+            print(f"| {name} | {storage} | {psnr:.3f} | {delta:+.5f} | {seconds:.1f} |")
         return deltas
 
     def scale(self) -> list[ScaleOutcome]:
@@ -328,7 +333,7 @@ class BenchScale:
                 passes = stored_iterations.get((o.run.scene, o.run.views, o.run.size), 0) + 2
                 step = f"~{o.pass_s * passes:.1f} ({o.pass_s:.1f} per pass)"
             delta = (
-                f"{o.compact_delta_db:+.4f}" if o.run.storage == "stored" and math.isfinite(o.compact_delta_db) else ""
+                f"{o.compact_delta_db:+.5f}" if o.run.storage == "stored" and math.isfinite(o.compact_delta_db) else ""
             )
             weights = f"~{o.weights:,}" if o.run.storage == "matrix_free" else f"{o.weights:,}"
             print(f"| {o.gaussians:,} | {o.run.views} | {o.run.size} | {o.run.storage} | {weights} | "
@@ -337,46 +342,58 @@ class BenchScale:
         return outcomes
 
     def extrapolate(self, outcomes: list[ScaleOutcome]) -> tuple[float, float]:
-        """Part 3: the memory model at the target size; step seconds scaled by weights from the largest measured
-        scene. Returns the peak GiB and step seconds of the storage "auto" picks under `GOAL_GB`."""
+        """Part 3: the memory model at the target size, for the generated scene as it covers the views and for a
+        capture that covers every pixel at the same weights per covered pixel; step seconds scaled by weights from the
+        largest measured scene. Returns the peak GiB and step seconds of the storage "auto" picks under `GOAL_GB` for
+        the fully covered views."""
         gaussians, views, size = self.target
         scene = tiled_donut(gaussians)
         cameras = orbit_views(scene, views, size)
-        sample = sample_weights(scene, cameras, 3, SplatBridgeConfig().solver_cutoff, antialiased=True, samples=1)
-        predicted = {storage: predict_fit_memory((sample,), storage, scene.means.dtype) for storage in STORAGES}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                chosen = plan_fit_memory((sample,), scene.means.dtype, torch.device("cpu"), "auto", GOAL_GB).storage
-            except InputError:
-                chosen = None
-        largest = max(outcomes, key=lambda o: o.weights) if outcomes else None
-        seconds = {}
-        for storage in STORAGES:
-            measured = [o for o in outcomes if o.run.storage == storage]
-            if largest is None or not measured:
-                seconds[storage] = math.nan
-                continue
-            best = max(measured, key=lambda o: o.weights)
-            per_weight = best.step_s / best.weights
-            if storage == "matrix_free":
-                iterations = next((o.iterations for o in outcomes if o.run.storage == "stored"
-                                   and o.run.scene == best.run.scene), 0)  # fmt: skip
-                per_weight = best.pass_s * (iterations + 2) / best.weights
-            seconds[storage] = per_weight * sample.weights
-        print(f"\nPart 3, extrapolated: {scene.num_gaussians:,} Gaussians, {views} views of {size} x {size}; "
-              f"{sample.weights_per_covered_pixel:.1f} weights per covered pixel sampled on 1 view, "
-              f"~{sample.weights / 1e6:,.0f} M weights")  # fmt: skip
-        print("| storage | ~weights GiB | ~A GiB | ~solver GiB | ~transient GiB | ~peak GiB | ~step s |")
-        print("|---|---|---|---|---|---|---|")
-        for storage, memory in predicted.items():
-            print(f"| {storage} | {memory.weights / 2**30:.2f} | {memory.normal_matrix / 2**30:.2f} | "
-                  f"{memory.solver / 2**30:.2f} | {memory.transient / 2**30:.2f} | {memory.peak / 2**30:.2f} | "
-                  f"{seconds[storage]:.0f} |")  # fmt: skip
-        print(f"auto under {GOAL_GB:g} GiB: {chosen or 'nothing fits'}")
-        if chosen is None:
-            return math.nan, math.nan
-        return predicted[chosen].peak / 2**30, seconds[chosen]
+        generated = sample_weights(scene, cameras, 3, SplatBridgeConfig().solver_cutoff, antialiased=True)
+        cover = 1 / max(generated.covered_fraction, 1e-9)
+        covered = dataclasses.replace(
+            generated, weights=generated.weights * cover, solver_weights=generated.solver_weights * cover,
+            normal_weights=min(generated.normal_weights * cover, float(scene.num_gaussians) ** 2), covered_fraction=1.0,
+        )  # fmt: skip
+        print(f"\nPart 3, extrapolated: {scene.num_gaussians:,} Gaussians, {views} views of {size} x {size}, "
+              f"{generated.weights_per_covered_pixel:.1f} weights per covered pixel "
+              f"({generated.sampled_views} views sampled)")  # fmt: skip
+        print("| views | ~weights | storage | ~weights GiB | ~A GiB | ~solver GiB | ~transient GiB | ~peak GiB | "
+              "~step s |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
+        answer = (math.nan, math.nan)
+        for label, sample in [(f"as generated ({generated.covered_fraction:.0%} covered)", generated),
+                              ("every pixel covered", covered)]:  # fmt: skip
+            predicted = {storage: predict_fit_memory((sample,), storage, scene.means.dtype) for storage in STORAGES}
+            seconds = {storage: self._step_seconds(outcomes, storage, sample.weights) for storage in STORAGES}
+            for storage, memory in predicted.items():
+                gib = [memory.weights, memory.normal_matrix, memory.solver, memory.transient, memory.peak]
+                cells = " | ".join(f"{value / 2**30:.2f}" for value in gib)
+                print(f"| {label} | {sample.weights / 1e6:,.0f} M | {storage} | {cells} | {seconds[storage]:.0f} |")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    plan = plan_fit_memory((sample,), scene.means.dtype, torch.device("cpu"), "auto", GOAL_GB)
+                    chosen = plan.storage
+                    answer = (predicted[chosen].peak / 2**30, seconds[chosen])
+                except InputError:
+                    chosen, answer = None, (math.nan, math.nan)
+            print(f"| {label} | | auto under {GOAL_GB:g} GiB: {chosen or 'nothing fits'} | | | | | | |")
+        return answer
+
+    @staticmethod
+    def _step_seconds(outcomes: list[ScaleOutcome], storage: str, weights: float) -> float:
+        """Seconds of a warm fit step at `weights` weights, scaled from the largest measured scene of `storage`
+        (matrix-free: its timed pass, times the stored fit's iterations there plus two)."""
+        measured = [o for o in outcomes if o.run.storage == storage]
+        if not measured:
+            return math.nan
+        best = max(measured, key=lambda o: o.weights)
+        if storage != "matrix_free":
+            return best.step_s / best.weights * weights
+        iterations = next((o.iterations for o in outcomes if o.run.storage == "stored" and o.run.scene == best.run.scene
+                           and o.run.size == best.run.size and o.run.views == best.run.views), 0)  # fmt: skip
+        return best.pass_s * (iterations + 2) / best.weights * weights
 
 
 def main() -> None:

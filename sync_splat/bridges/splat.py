@@ -17,6 +17,7 @@ Dimension letters (docs/conventions.md): N views, G Gaussians, C channels, H W i
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,16 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sync_splat.bridges.plumbing import ViewSuffixes, expect_shape
-from sync_splat.bridges.splat_fit import NormalMatrix, SplatLeastSquares
+from sync_splat.bridges.splat_fit import NormalMatrix, SplatLeastSquares, SplatLinearSystem
+from sync_splat.bridges.splat_matrix_free import MatrixFreeSplatSystem
+from sync_splat.bridges.splat_memory import (
+    COMPACT_DTYPE,
+    STORAGES,
+    MemoryPlan,
+    WeightSample,
+    plan_fit_memory,
+    sample_weights,
+)
 from sync_splat.bridges.splat_noise import integral_noise
 from sync_splat.codec import Codec
 from sync_splat.conditions import ViewConditions
@@ -40,6 +50,8 @@ from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.gaussians import GaussianScene
 
 SplatNoise = Literal["integral", "sqrt_weights"]
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,11 +90,19 @@ class SplatBridgeConfig:
     """How CG applies A = sum_v W_v^T W_v: 'assembled' (a sparse G x G matrix, built on the first fit), 'implicit'
     (W^T (W p), two passes over the weights), or 'auto' (assembled when it is predicted sparser than W)."""
     solver_cutoff: float = 1e-3
-    """The fit solves its normal equations with the compositing weights below this left out (fewer weights to read,
-    at the price of a pruned copy of W); rendering keeps every weight. 0: the exact fit, bit for bit, and no copy."""
+    """The fit solves its normal equations with the compositing weights below this left out (fewer weights to read;
+    their pruned copy replaces the full W^T); rendering keeps every weight. 0: the exact fit, bit for bit."""
     views_per_shard: int | None = None
-    """Views whose weights are stored and summed together (None: all in one); the per-shard sums add up, so shards
-    could be split across processes."""
+    """Views whose weights are built, stored (or, matrix-free, applied) and summed together (None: as many as hold
+    about 16 M weights): bounds the memory of building them. The per-shard sums add up, so shards could be split
+    across processes."""
+    storage: Literal["auto", "stored", "compact", "matrix_free"] = "auto"
+    """How the fit holds the compositing weights: 'stored' (CSR, the fastest), 'compact' (the same with float16
+    values), 'matrix_free' (recomputed chunk by chunk of views on every product: the least memory, the slowest), or
+    'auto' (the first of these whose predicted peak fits `memory_budget_gb`)."""
+    memory_budget_gb: float | None = None
+    """Memory the fit may take, in GiB, checked against a prediction before any work (None: the device's free memory
+    less a reserve for the denoiser)."""
     noise: SplatNoise = "sqrt_weights"
     """How the starting noise x_T is made: 'integral', each Gaussian's own fine white noise summed over what each pixel
     sees of it (white and view-consistent); 'sqrt_weights', one value per Gaussian spread over its pixels with
@@ -116,9 +136,17 @@ class SplatBridgeConfig:
             raise InputError(f"SplatBridgeConfig: {listing}: these settings must be finite and non-negative")
         if self.views_per_shard is not None and self.views_per_shard < 1:
             raise InputError(f"SplatBridgeConfig.views_per_shard must be at least 1 or None: {self.views_per_shard}")
+        if self.storage not in ("auto", *STORAGES):
+            raise InputError(
+                f"SplatBridgeConfig.storage must be 'auto', 'stored', 'compact' or 'matrix_free', got {self.storage!r}"
+            )
+        budget = self.memory_budget_gb
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise InputError(f"SplatBridgeConfig.memory_budget_gb must be positive (GiB) or None, got {budget}")
 
     def setup(self, codec: Codec, scene: GaussianScene, cameras: Cameras) -> GaussianSplatBridge:
-        """The bridge this config describes, for `codec`'s space (a denoiser is a codec)."""
+        """The bridge this config describes, for `codec`'s space (a denoiser is a codec). Its memory plan
+        (`GaussianSplatBridge.memory_plan`, one line from `.summary()`) is decided first; see `storage`."""
         return GaussianSplatBridge(codec, scene, cameras, self)
 
 
@@ -132,6 +160,7 @@ class GaussianSplatBridge:
         config: representation and fit settings.
 
     Attributes:
+        memory_plan: the fit's predicted memory and the storage chosen for its weights (`splat_memory`).
         num_views: N.
         canonical_shape: `(G, 3)` for "rgb", `(G, codec.latent_channels)` for "latent".
         instance_shape: `(codec.latent_channels, H / downsample, W / downsample)`.
@@ -161,31 +190,59 @@ class GaussianSplatBridge:
         self.canonical_shape = (scene.num_gaussians, 3 if config.canonical == "rgb" else channels)
         self.instance_shape = (channels, *self.instance_size)
         self.linear = config.canonical == "latent"
-        self._systems: dict[tuple[int, int], SplatLeastSquares] = {}
+        self._systems: dict[tuple[int, int], SplatLinearSystem] = {}
+        self.memory_plan = self._plan_memory()
+        _LOG.info(self.memory_plan.summary())
         self.linear_system("image" if config.canonical == "rgb" else "instance")  # the weights the sampler needs, now
+
+    def _plan_memory(self) -> MemoryPlan:
+        """Sample the weights at every resolution the bridge builds (the sampler's first) and choose their storage."""
+        fitted, other = ("image", "instance") if self.config.canonical == "rgb" else ("instance", "image")
+        channels = {"image": 3, "instance": self.codec.latent_channels}
+        samples: dict[tuple[int, int], WeightSample] = {}
+        for resolution in (fitted, other):
+            size = self._size(resolution)
+            if size not in samples:
+                samples[size] = sample_weights(
+                    self.scene, self.cameras.resized(size[1], size[0]), channels[resolution], self.config.solver_cutoff,
+                    self.config.antialiased,
+                )  # fmt: skip
+        self._samples = samples
+        config = self.config
+        return plan_fit_memory(
+            tuple(samples.values()), self.dtype, self.device, config.storage, config.memory_budget_gb,
+            config.normal_matrix, config.views_per_shard,
+            integral_noise=samples[self._size("instance")] if config.noise == "integral" else None,
+        )  # fmt: skip
+
+    def _size(self, resolution: Literal["image", "instance"]) -> tuple[int, int]:
+        return self.image_size if resolution == "image" else self.instance_size
 
     # ---- the linear systems (weights computed once per resolution, on first use) -------------------------------
 
-    def linear_system(self, resolution: Literal["image", "instance"]) -> SplatLeastSquares:
-        """The weights, alpha and fit of every view at the image or the instance (latent) size, built on first use."""
-        height, width = self.image_size if resolution == "image" else self.instance_size
-        if (height, width) not in self._systems:
+    def linear_system(self, resolution: Literal["image", "instance"]) -> SplatLinearSystem:
+        """The weights, alpha and fit of every view at the image or the instance (latent) size, built on first use and
+        held as `memory_plan.storage` says."""
+        height, width = size = self._size(resolution)
+        if size not in self._systems:
             cameras = self.cameras.resized(width, height)
-            scene = self.scene
-            weights = gaussian_weights(
-                scene.means, scene.quats_wxyz, scene.log_scales.exp(), torch.sigmoid(scene.opacity_logits),
-                cameras.viewmats, cameras.Ks, width, height, antialiased=self.config.antialiased,
-            )  # fmt: skip
-            self._systems[(height, width)] = SplatLeastSquares(
-                weights,
-                self.num_views,
-                height,
-                width,
-                self.config.views_per_shard,
-                self.config.normal_matrix,
-                self.config.solver_cutoff,
-            )
-        return self._systems[(height, width)]
+            config, scene = self.config, self.scene
+            per_shard = self._samples[size].views_per_chunk(config.views_per_shard)
+            if self.memory_plan.storage == "matrix_free":
+                system = MatrixFreeSplatSystem(scene, cameras, per_shard, config.solver_cutoff, config.antialiased)
+            else:
+                geometry = (scene.means, scene.quats_wxyz, scene.log_scales.exp(), torch.sigmoid(scene.opacity_logits))
+
+                def shard_weights(first: int, count: int) -> Tensor:
+                    viewmats, Ks = cameras.viewmats[first : first + count], cameras.Ks[first : first + count]
+                    return gaussian_weights(*geometry, viewmats, Ks, width, height, antialiased=config.antialiased)
+
+                system = SplatLeastSquares(
+                    shard_weights, self.num_views, height, width, per_shard, config.normal_matrix,
+                    config.solver_cutoff, COMPACT_DTYPE if self.memory_plan.storage == "compact" else None,
+                )  # fmt: skip
+            self._systems[size] = system
+        return self._systems[size]
 
     def _background_rgb01(self) -> Float[Tensor, "1 3 1 1"]:
         return torch.tensor(self.config.background_rgb01, dtype=self.dtype, device=self.device).view(1, 3, 1, 1)

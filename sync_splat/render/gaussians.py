@@ -62,6 +62,8 @@ _BLOCK = 8
 # At most this many (intersection, pixel) pairs are held at once by the torch compositor (~10 float64 temporaries
 # of this size, so ~0.3 GB at 2**22).
 _CHUNK_ELEMENTS = 2**22
+COMPOSITOR_WORKING_BYTES = 10 * 8 * _CHUNK_ELEMENTS
+"""What the torch compositor holds while it works, besides the weights it returns (its chunk's temporaries)."""
 
 
 @dataclass(frozen=True)
@@ -178,8 +180,7 @@ def gaussian_weights(
     Returns:
         A coalesced sparse COO tensor `[N * H * W, G]` in the dtype of `means` (`.to_sparse_csr()` converts it).
     """
-    _check_inputs(means, quats_wxyz, scales, opacities, viewmats, Ks, width, height)
-    entries = _composite(
+    entries = gaussian_weight_entries(
         means, quats_wxyz, scales, opacities, viewmats, Ks, width, height,
         near_plane, far_plane, eps2d, antialiased, tile_size,
     )  # fmt: skip
@@ -188,6 +189,44 @@ def gaussian_weights(
     # (pixel, Gaussian) pairs are unique (a pixel lies in one block, a Gaussian meets a block once): coalescing
     # only sorts them.
     return torch.sparse_coo_tensor(indices, entries.weights, shape, check_invariants=False).coalesce()
+
+
+class WeightEntries(NamedTuple):
+    """Non-zero compositing weights in no particular order: Gaussian `gaussians[e]` has weight `weights[e]` at pixel
+    `pixels[e]` (`view * H * W + row * W + col`, views counted from the first one given); all `[E]`."""
+
+    pixels: Tensor
+    gaussians: Tensor
+    weights: Tensor
+
+
+def gaussian_weight_entries(
+    means: Float[Tensor, "G 3"],
+    quats_wxyz: Float[Tensor, "G 4"],
+    scales: Float[Tensor, "G 3"],
+    opacities: Float[Tensor, " G"],
+    viewmats: Float[Tensor, "N 4 4"],
+    Ks: Float[Tensor, "N 3 3"],
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    antialiased: bool = False,
+    tile_size: int = 16,
+) -> WeightEntries:
+    """The weights of `gaussian_weights`, unsorted: what a product that applies them and forgets them needs (no sort,
+    no sparse tensor). Indices are int64, weights in the dtype of `means`.
+
+    Args:
+        As `render_gaussians`.
+    """
+    _check_inputs(means, quats_wxyz, scales, opacities, viewmats, Ks, width, height)
+    entries = _composite(
+        means, quats_wxyz, scales, opacities, viewmats, Ks, width, height,
+        near_plane, far_plane, eps2d, antialiased, tile_size,
+    )  # fmt: skip
+    return WeightEntries(entries.pixels, entries.gaussians, entries.weights)
 
 
 class _Projection(NamedTuple):

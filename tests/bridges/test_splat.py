@@ -339,6 +339,37 @@ def test_shards_and_solvers_give_one_answer() -> None:
         torch.testing.assert_close(answer, answers[0], rtol=0, atol=1e-8)
 
 
+def test_weights_built_shard_by_shard_give_the_fit_of_the_whole_weights() -> None:
+    """A system built from a function of the views (one shard's weights at a time, as the bridge builds it) holds the
+    same weights, alpha and fit as one built from every view's weights at once, bit for bit."""
+    whole, _ = tiny_system(views_per_shard=1)
+    dense = dense_weights(whole)  # [3 views x 144 pixels, G]
+    calls: list[tuple[int, int]] = []
+
+    def shard_weights(first: int, count: int) -> torch.Tensor:
+        calls.append((first, count))
+        return dense[first * 144 : (first + count) * 144].to_sparse()
+
+    built = SplatLeastSquares(shard_weights, 3, 12, 12, views_per_shard=1)
+    assert calls == [(0, 1), (1, 1), (2, 1)]
+    assert torch.equal(dense_weights(built), dense) and torch.equal(built.alpha, whole.alpha)
+    content = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * whole.alpha
+    settings = {"damping": 0.01, "tolerance": 1e-8, "max_iterations": 500}
+    assert torch.equal(built.fit(content, **settings).z, whole.fit(content, **settings).z)
+
+
+def test_the_pruned_solver_copy_replaces_the_full_transpose() -> None:
+    """With a cutoff that prunes, the system keeps W (what renders read) and the solver's W~ and W~^T, not the full
+    W^T that no product reads: fewer bytes than the exact system once more than half of the weights are pruned
+    (with the full W^T kept too it would take more whatever the cutoff)."""
+    exact, _ = tiny_system()
+    pruned, _ = tiny_system(solver_cutoff=0.03)
+    assert all(shard.transposed is None for shard in pruned.shards)
+    assert all(shard.transposed is not None for shard in exact.shards)
+    assert pruned.solver_nnz < 0.4 * pruned.nnz
+    assert pruned.weight_bytes < exact.weight_bytes
+
+
 def test_the_solver_cutoff_prunes_only_the_normal_equations() -> None:
     """With `solver_cutoff` the fit is the fit of the weights without the entries below the cutoff, bit for bit
     (cold and warm, A implicit or assembled), while renders and alpha keep every weight; the fit's error measured

@@ -38,8 +38,7 @@ time), the same with float16 values read back in the system's dtype one shard at
 every product (`sync_splat.bridges.splat_matrix_free`).
 
 No state is kept between fits, so a resumed run ends bit for bit as an uninterrupted one. What the settings cost and
-gain on real scenes is measured in docs/splat_fit.md. torch's sparse CSR tensors are built with their invariant
-checks explicitly off (the indices are made here) and their "beta" notice silenced, in `_csr` only.
+gain on real scenes is measured in docs/splat_fit.md.
 
 Dimension letters (docs/conventions.md): N views, G Gaussians, C channels, h w pixels.
 """

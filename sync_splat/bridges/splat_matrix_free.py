@@ -33,7 +33,8 @@ from torch import Tensor
 
 from sync_splat.bridges.splat_fit import SplatLinearSystem, _by_gaussian, _csr, _offsets
 from sync_splat.errors import InputError
-from sync_splat.render.gaussians import _gsplat_works, gaussian_weight_entries
+from sync_splat.render.gaussians import gaussian_weight_entries
+from sync_splat.render.gsplat_check import gsplat_works
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.gaussians import GaussianScene
 
@@ -80,7 +81,7 @@ class MatrixFreeSplatSystem(SplatLinearSystem):
         if solver_cutoff < 0:
             raise InputError(f"solver_cutoff must be non-negative, got {solver_cutoff}")
         if backend == "auto":
-            backend = "gsplat" if scene.means.is_cuda and _gsplat_works() else "torch"
+            backend = "gsplat" if scene.means.is_cuda and gsplat_works() else "torch"
         if backend not in ("torch", "gsplat") or (backend == "gsplat" and not scene.means.is_cuda):
             raise InputError(f"the matrix-free fit's backend must be 'torch', or 'gsplat' on CUDA, got {backend!r}")
         self.backend = backend

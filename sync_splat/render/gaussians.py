@@ -34,10 +34,7 @@ is the non-zero weights (about 24 bytes each).
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -47,6 +44,7 @@ from torch import Tensor
 
 from sync_splat.errors import InputError
 from sync_splat.functional.rotation import quat_to_rotmat
+from sync_splat.render.gsplat_check import gsplat_works
 
 Backend = Literal["auto", "torch", "gsplat"]
 
@@ -122,7 +120,7 @@ def render_gaussians(
     """
     _check_inputs(means, quats_wxyz, scales, opacities, viewmats, Ks, width, height, features)
     if backend == "auto":
-        backend = "gsplat" if means.is_cuda and _gsplat_works() else "torch"
+        backend = "gsplat" if means.is_cuda and gsplat_works() else "torch"
     if backend == "gsplat":
         if not means.is_cuda:
             raise InputError("render_gaussians: backend='gsplat' needs CUDA tensors; use backend='torch' on the CPU")
@@ -452,38 +450,6 @@ def _render_gsplat(
         image=colors[..., :-1].permute(0, 3, 1, 2),
         alpha=alphas.permute(0, 3, 1, 2),
         depth=colors[..., -1:].permute(0, 3, 1, 2),
-    )
-
-
-@functools.cache
-def _gsplat_works() -> bool:
-    """Whether gsplat imports with its CUDA kernels, for `backend="auto"` on CUDA tensors; decided once per process.
-
-    No CUDA device, or gsplat not installed, is the expected CPU setup and stays quiet. gsplat installed on a CUDA
-    machine but unusable (its kernels fail to import or JIT-compile, or it found no CUDA toolkit to build them and
-    disabled itself) warns once, naming the failure: the pure-torch compositor that takes over is correct but far
-    slower on large scenes.
-    """
-    if not torch.cuda.is_available() or importlib.util.find_spec("gsplat") is None:
-        return False
-    try:
-        from gsplat.cuda._backend import _C
-    except Exception as error:  # a failed JIT build raises RuntimeError, a broken wheel ImportError or OSError
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        _warn_torch_fallback(f"importing gsplat's CUDA kernels failed ({type(error).__name__}: {first_line})")
-        return False
-    if _C is None:
-        _warn_torch_fallback("gsplat has no CUDA kernels (it found no CUDA toolkit, nvcc, to compile them)")
-        return False
-    return True
-
-
-def _warn_torch_fallback(reason: str) -> None:
-    warnings.warn(
-        f"render_gaussians: {reason}; falling back to the pure-torch renderer, much slower on large scenes "
-        "(reinstall gsplat 1.4.0 where a CUDA toolkit is present for the fast path)",
-        RuntimeWarning,
-        stacklevel=4,  # the caller of render_gaussians
     )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-import sync_splat.render.gaussians as gaussians
+import sync_splat.render.gsplat_check as gsplat_check
 
 JIT_FAILURE = "Error building extension 'gsplat_cuda': nvcc fatal : Unsupported gpu architecture 'compute_90'"
 
@@ -56,7 +56,7 @@ def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Non
     saved = {name: module for name, module in sys.modules.items() if is_gsplat(name)}
     for name in saved:
         del sys.modules[name]
-    gaussians._gsplat_works.cache_clear()
+    gsplat_check.gsplat_works.cache_clear()
 
     def install(backend: Callable[[types.ModuleType], None] | None, cuda: bool = True) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -69,13 +69,13 @@ def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Non
     for name in [name for name in sys.modules if is_gsplat(name)]:
         del sys.modules[name]
     sys.modules.update(saved)
-    gaussians._gsplat_works.cache_clear()
+    gsplat_check.gsplat_works.cache_clear()
 
 
 def gsplat_works_with_warnings() -> tuple[bool, list[warnings.WarningMessage]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        works = gaussians._gsplat_works()
+        works = gsplat_check.gsplat_works()
     return works, list(caught)
 
 

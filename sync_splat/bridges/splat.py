@@ -6,6 +6,9 @@
   linear and every case runs.
 - f (`project`) renders z over a background; g (`unproject`) is the damped least-squares colour fit of
   `sync_splat.bridges.splat_fit`, where its derivation and settings are explained.
+- Memory: before building anything the bridge predicts the fit's bytes from a few sampled views and chooses how the
+  weights are held (`storage`, `memory_budget_gb`; `sync_splat.bridges.splat_memory`): `memory_plan.summary()` says
+  it in one line.
 - Initial noise: per-Gaussian N(0, 1) features rendered with square-root weights plus background noise times
   `sqrt(1 - alpha)`: unit variance per pixel, and views that see a Gaussian share its noise.
 - Conditions: normalised inverse expected depth per view (ControlNet depth) and prompt suffixes from each camera's
@@ -93,9 +96,9 @@ class SplatBridgeConfig:
     """The fit solves its normal equations with the compositing weights below this left out (fewer weights to read;
     their pruned copy replaces the full W^T); rendering keeps every weight. 0: the exact fit, bit for bit."""
     views_per_shard: int | None = None
-    """Views whose weights are built, stored (or, matrix-free, applied) and summed together (None: as many as hold
-    about 16 M weights): bounds the memory of building them. The per-shard sums add up, so shards could be split
-    across processes."""
+    """Views whose weights are built, stored (or, matrix-free, applied) and summed together (None: as many as keep a
+    shard's weights under a fixed count): bounds the memory of building them. The per-shard sums add up, so shards
+    could be split across processes."""
     storage: Literal["auto", "stored", "compact", "matrix_free"] = "auto"
     """How the fit holds the compositing weights: 'stored' (CSR, the fastest), 'compact' (the same with float16
     values), 'matrix_free' (recomputed chunk by chunk of views on every product: the least memory, the slowest), or

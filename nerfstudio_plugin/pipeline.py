@@ -291,6 +291,7 @@ class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
         cameras = self._instance_cameras()
         fit = suffix_frame(cameras, self._source, self._restyle.fit, self._up, orbit=cameras is self._orbit)
         self._bridge = fit.setup(self._denoiser, self._source.to(device), cameras.to(device))
+        CONSOLE.print(f"sync-splat: {self._bridge.memory_plan.summary()}", soft_wrap=True)
         self._sampler = SyncSampler(self._denoiser, self._bridge, self._restyle.sync_config())
 
     def _generator(self) -> torch.Generator:

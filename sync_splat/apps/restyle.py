@@ -176,6 +176,8 @@ def restyle(
     if (fit.up, fit.front) == (SplatBridgeConfig.up, SplatBridgeConfig.front):  # name the views on the same up
         fit = replace(fit, up=up.up, front=up.front)
     bridge = fit.setup(denoiser, scene, cameras)
+    if show_progress:
+        print(bridge.memory_plan.summary(), flush=True)
     sampled_through = bridge if instrument is None else instrument(bridge)
     sampler = SyncSampler(denoiser, sampled_through, config.sync_config())
     result = sample_with_progress(sampler, config.seed, f"restyling '{config.prompt}'", show_progress)

@@ -69,7 +69,7 @@ def integral_noise(
     # Every weight, keyed by (Gaussian, pixel over all views), in key order.
     gaussian, pixel, weight = system.entries()
     entry_keys, order = torch.sort(gaussian * (num_views * pixels) + pixel)
-    pixel, weight = pixel[order], weight[order]
+    gaussian, pixel, weight = gaussian[order], pixel[order], weight[order]
     view_of_entry = pixel // pixels
     footprint = torch.bincount(gaussian * num_views + view_of_entry, minlength=scene.num_gaussians * num_views)
     footprint = footprint.reshape(scene.num_gaussians, num_views).amax(dim=1)

@@ -36,7 +36,7 @@ from typing import Literal
 
 import torch
 import tyro
-from shared_fixtures import find_fixture
+from shared_fixtures import require_fixture
 from torch import Tensor
 
 from sync_splat.apps.paint_panorama import PanoramaConfig
@@ -278,13 +278,7 @@ class FidelityBench:
 
 
 def fixture(name: str):  # noqa: ANN201
-    path = find_fixture(name)
-    if path is None:
-        raise InputError(
-            f"the fixture {name} is in none of $SYNC_SPLAT_FIXTURES, <repo>/shared/fixtures, <repo>/../shared/fixtures,"
-            " /work/shared/fixtures: point $SYNC_SPLAT_FIXTURES at its folder or leave that bridge out (--bridges)"
-        )
-    return path
+    return require_fixture(name, "leave that bridge out (--bridges)")
 
 
 def entrypoint(args: list[str] | None = None, runner: Callable[[FidelityBench], None] = FidelityBench.main) -> None:

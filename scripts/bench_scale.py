@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 import tyro
 from bench_unproject import orbit_views
-from shared_fixtures import find_fixture
+from shared_fixtures import require_fixture
 from torch import Tensor
 
 from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
@@ -65,13 +65,7 @@ GOAL_GB = 8.0
 
 
 def donut() -> GaussianScene:
-    path = find_fixture(DONUT)
-    if path is None:
-        raise InputError(
-            f"the fixture {DONUT} is in none of $SYNC_SPLAT_FIXTURES, <repo>/shared/fixtures, <repo>/../shared/"
-            "fixtures, /work/shared/fixtures: point $SYNC_SPLAT_FIXTURES at its folder"
-        )
-    return GaussianScene.load(path)
+    return GaussianScene.load(require_fixture(DONUT, "pass --quality-scenes demo and --gaussians as .ply paths"))
 
 
 def tiled_donut(gaussians: int, seed: int = 0) -> GaussianScene:

@@ -46,7 +46,7 @@ from unittest import mock
 
 import torch
 import tyro
-from shared_fixtures import find_fixture
+from shared_fixtures import require_fixture
 from torch import Tensor
 
 import sync_splat.bridges.splat as splat_bridge
@@ -296,13 +296,7 @@ class BenchUnproject:
             return make_demo_scene()
         if name != "donut":
             return GaussianScene.load(Path(name))
-        path = find_fixture(DONUT)
-        if path is None:
-            raise InputError(
-                f"the fixture {DONUT} is in none of $SYNC_SPLAT_FIXTURES, <repo>/shared/fixtures, <repo>/../shared/"
-                "fixtures, /work/shared/fixtures: point $SYNC_SPLAT_FIXTURES at its folder or pass --scenes demo"
-            )
-        return GaussianScene.load(path)
+        return GaussianScene.load(require_fixture(DONUT, "pass --scenes demo"))
 
     def _targets(self, bridge: GaussianSplatBridge) -> Iterator[Tensor]:
         """The targets `[N, 3, h w]` of every step, the same sequence at every call."""

@@ -17,3 +17,21 @@ def find_fixture(name: str) -> Path | None:
         if root and (Path(root) / name).is_file():
             return Path(root) / name
     return None
+
+
+def require_fixture(name: str, instead: str) -> Path:
+    """The path of the fixture `name`, or one `InputError` line saying where it was looked for and what to do.
+
+    Args:
+        name: the fixture's file name.
+        instead: what the user can pass to do without it, e.g. "pass --scenes demo".
+    """
+    from sync_splat.errors import InputError
+
+    path = find_fixture(name)
+    if path is None:
+        raise InputError(
+            f"the benchmark file {name} was not found (looked in $SYNC_SPLAT_FIXTURES, then a shared/fixtures folder "
+            f"in or beside the repository): point $SYNC_SPLAT_FIXTURES at the folder that holds it, or {instead}"
+        )
+    return path

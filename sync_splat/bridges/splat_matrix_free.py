@@ -33,7 +33,7 @@ from torch import Tensor
 
 from sync_splat.bridges.splat_fit import SplatLinearSystem, _by_gaussian, _csr, _offsets
 from sync_splat.errors import InputError
-from sync_splat.render.gaussians import gaussian_weight_entries
+from sync_splat.render.gaussians import gaussian_weight_entries, render_gaussians
 from sync_splat.render.gsplat_check import gsplat_works
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.gaussians import GaussianScene
@@ -248,28 +248,21 @@ class _GsplatChunk:
 
     def _rasterize(self, colors: Tensor) -> Tensor:
         """`W colors` stacked over the chunk's pixels `[count h w, C]`, differentiable with respect to `colors`."""
-        from gsplat import rasterization
-
         means, quats_wxyz, scales, opacities = self.geometry
-        images, _, _ = rasterization(
-            means=means,
-            quats=quats_wxyz,
-            scales=scales,
-            opacities=opacities,
-            colors=colors,
-            viewmats=self.viewmats,
-            Ks=self.Ks,
-            width=self.width,
-            height=self.height,
-            near_plane=0.01,
-            far_plane=1e10,
-            eps2d=0.3,
-            packed=False,
-            tile_size=16,
-            render_mode="RGB",
-            rasterize_mode="antialiased" if self.antialiased else "classic",
-        )  # fmt: skip  [count, h, w, C]
-        return images.reshape(-1, colors.shape[1])
+        images = render_gaussians(
+            means,
+            quats_wxyz,
+            scales,
+            opacities,
+            colors,
+            self.viewmats,
+            self.Ks,
+            self.width,
+            self.height,
+            backend="gsplat",
+            antialiased=self.antialiased,
+        ).image  # [count, C, h, w]; gsplat's autograd reaches the colours
+        return images.permute(0, 2, 3, 1).reshape(-1, colors.shape[1])
 
     def render(self, features: Tensor, solver: bool) -> Tensor:
         with torch.no_grad():

@@ -1,7 +1,7 @@
 """Smoke-run the real thing on a CUDA machine: SD 1.5 + ControlNet depth restyling the demo scene and a real scene.
 
 Loads the denoiser once, restyles each scene with SyncTweedies (case 2) and prints, per scene, the wall time of each
-phase of the run (UNet + ControlNet, VAE encode/decode, splat render, colour fit, the rest) and the peak VRAM; writes
+phase of the run (splat render, UNet + ControlNet, VAE encode/decode, colour fit, the rest) and the peak VRAM; writes
 `<name>.ply` and `<name>_views.png` (the views before and after) into `--out`. Exits with one line and status 2 when
 there is no CUDA device or the weights can be neither found locally nor downloaded.
 
@@ -12,17 +12,14 @@ there is no CUDA device or the weights can be neither found locally nor download
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 import tyro
 from shared_fixtures import find_fixture
 
+from sync_splat.apps.phases import PHASES, PhaseReport
 from sync_splat.apps.restyle import RestyleConfig, restyle
 from sync_splat.errors import InputError, one_line_errors
 from sync_splat.scene.demo import make_demo_scene
@@ -46,65 +43,11 @@ class GpuSmoke:
     """The run's settings (`sync-splat restyle --help` documents them); the denoiser is always 'sd'."""
 
 
-class PhaseTimer:
-    """Exclusive wall time and calls per phase: a phase called inside another one (the VAE inside the colour fit) is
-    charged to itself only. On CUDA the device is synchronised at every boundary, so kernels are charged to the phase
-    that queued them.
-
-    Args:
-        device: where the timed work runs.
-        clock: seconds since any fixed point (the tests pass a fake one).
-    """
-
-    def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.device = device
-        self.clock = clock
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-        self._stack: list[str] = []
-        self._mark = 0.0
-
-    def _switch(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = self.clock()
-        if self._stack:
-            self.seconds[self._stack[-1]] += now - self._mark
-        self._mark = now
-
-    def wrap(self, phase: str, function: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            self._switch()
-            self.calls[phase] += 1
-            self._stack.append(phase)
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self._switch()
-                self._stack.pop()
-
-        return timed
-
-
-class Timed:
-    """A proxy of `target` whose methods named in `phases` are charged to their phase of `timer`."""
-
-    def __init__(self, target: Any, timer: PhaseTimer, phases: dict[str, str]) -> None:
-        self._target, self._timer, self._phases = target, timer, phases
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._target, name)
-        return self._timer.wrap(self._phases[name], value) if name in self._phases else value
-
-
 def load_scene(name: str, device: torch.device) -> GaussianScene:
     if name == "demo":
         return make_demo_scene().to(device)
     path = Path(name) if Path(name).exists() else find_fixture(name) or Path(name)
     return GaussianScene.load(path).to(device)
-
-
-PHASES = ("unet", "vae", "render", "fit")
 
 
 @dataclass(frozen=True)
@@ -113,20 +56,13 @@ class SceneTiming:
 
     name: str
     gaussians: int
-    total_s: float
-    seconds: dict[str, float]
-    calls: dict[str, int]
-    peak_vram_gib: float | None
-
-    @property
-    def other_s(self) -> float:
-        """What no phase was charged: sampling arithmetic, conditions, export."""
-        return self.total_s - sum(self.seconds.values())
+    phases: PhaseReport
 
     def cells(self) -> list[str]:
-        times = [f"{self.seconds[phase]:.3g}" for phase in PHASES] + [f"{self.other_s:.3g}"]
-        peak = "-" if self.peak_vram_gib is None else f"{self.peak_vram_gib:.2f}"
-        return [self.name, str(self.gaussians), f"{self.total_s:.3g}", *times, peak]
+        phases = self.phases
+        times = [f"{phases.seconds[phase]:.3g}" for phase in PHASES] + [f"{phases.other_s:.3g}"]
+        peak = "-" if phases.total_peak_gib is None else f"{phases.total_peak_gib:.2f}"
+        return [self.name, str(self.gaussians), f"{phases.total_s:.3g}", *times, peak]
 
 
 def smoke(settings: GpuSmoke, device: torch.device) -> list[SceneTiming]:
@@ -141,27 +77,13 @@ def smoke(settings: GpuSmoke, device: torch.device) -> list[SceneTiming]:
     settings.out.mkdir(parents=True)
     rows = []
     for name, scene in scenes:
-        timer = PhaseTimer(device)
-        timed_denoiser = Timed(denoiser, timer, {"predict_eps": "unet", "encode": "vae", "decode": "vae"})
-        on_cuda = device.type == "cuda"
-        if on_cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        started = time.perf_counter()
-        result = restyle(
-            scene, config, denoiser=timed_denoiser,
-            instrument=partial(Timed, timer=timer, phases={"project": "render", "unproject": "fit"}),
-        )  # fmt: skip
-        if on_cuda:
-            torch.cuda.synchronize(device)
-        total = time.perf_counter() - started
+        result = restyle(scene, config, denoiser=denoiser)
         result.scene.save(settings.out / f"{name}.ply")
         write_image_rows((result.before, result.after), settings.out / f"{name}_views.png")
-        peak = torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else None
-        seconds = {phase: timer.seconds.get(phase, 0.0) for phase in PHASES}
-        calls = {phase: timer.calls.get(phase, 0) for phase in PHASES}
-        rows.append(SceneTiming(name, scene.num_gaussians, total, seconds, calls, peak))
+        rows.append(SceneTiming(name, scene.num_gaussians, result.phases))
     print(f"\n{config.steps} steps, {config.views + 1} views, case {config.case}, prompt {config.prompt!r}\n")
-    print("| scene | Gaussians | total s | UNet s | VAE s | render s | fit s | other s | peak VRAM GiB |")
+    memory = "peak VRAM GiB" if device.type == "cuda" else "peak RSS GiB"
+    print(f"| scene | Gaussians | total s | render s | UNet s | VAE s | fit s | other s | {memory} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row.cells()) + " |")

@@ -139,6 +139,9 @@ class SamplerResult:
 
     z: Tensor
     x: Tensor
+    instances: Tensor
+    """The views the instance processes ended with, before the last fit: what the fit had to explain (for the cases
+    whose state is canonical, the renders of z)."""
 
 
 class SyncSampler:
@@ -268,10 +271,11 @@ class SyncSampler:
         if state.step_index != self.num_steps:
             raise ValueError(f"the run is not complete: {state.step_index} of {self.num_steps} steps taken")
         if state.z_t is not None:
-            return SamplerResult(z=state.z_t, x=self.bridge.project(state.z_t, background=state.x_t))
+            x = self.bridge.project(state.z_t, background=state.x_t)
+            return SamplerResult(z=state.z_t, x=x, instances=x)
         z = self.bridge.unproject(state.x_t, previous=state.z0_hat)
         x = self.bridge.project(z, background=state.x_t) if self.config.final_aggregation else state.x_t
-        return SamplerResult(z=z, x=x)
+        return SamplerResult(z=z, x=x, instances=state.x_t)
 
     def sample(
         self, generator: torch.Generator, callback: Callable[[SamplerState], None] | None = None

@@ -8,7 +8,6 @@ sampler; runs every step with a progress bar; and returns the restyled scene wit
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sync_splat.apps.phases import BRIDGE_PHASES, DENOISER_PHASES, PhaseReport, PhaseTimer, Timed
 from sync_splat.apps.progress import sample_with_progress
 from sync_splat.apps.settings import SamplingSettings
-from sync_splat.bridges.base import Bridge
 from sync_splat.bridges.splat import SplatBridgeConfig
 from sync_splat.denoisers.base import Denoiser
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
@@ -86,6 +85,11 @@ class RestyleResult:
     after: Tensor
     cameras: Cameras
     """The orbit views the scene was restyled through."""
+    delivered: Tensor
+    """The views the sampler's instance processes ended with, decoded, `rgb01` `[N, 3, H, W]`: what the restyled
+    colours were fitted to (`after` is the restyled scene's render of the same cameras)."""
+    phases: PhaseReport
+    """Wall time and peak memory per phase of the run."""
 
 
 def orbit_cameras(scene: GaussianScene, views: int, native_size: int, fov_deg: float) -> Cameras:
@@ -148,7 +152,6 @@ def restyle(
     config: RestyleConfig,
     show_progress: bool = True,
     denoiser: Denoiser | None = None,
-    instrument: Callable[[Bridge], Bridge] | None = None,
 ) -> RestyleResult:
     """Restyle `scene`'s colours from `config.prompt`; geometry is never changed.
 
@@ -156,8 +159,8 @@ def restyle(
         scene: the scene to restyle (not modified).
         config: the settings.
         show_progress: draw a progress bar with an ETA.
-        denoiser: an already loaded denoiser to reuse across scenes; None builds `config`'s.
-        instrument: wraps the bridge the sampler sees (e.g. the phase timers of scripts/gpu_smoke.py).
+        denoiser: an already loaded denoiser to reuse across scenes; None builds `config`'s (its loading is not
+            part of the run's phases).
 
     Raises:
         InputError: the settings cannot run with this denoiser, or no view of the rig sees the scene (checked before
@@ -167,6 +170,8 @@ def restyle(
         denoiser = config.build_denoiser()
     else:
         config.check_steps(denoiser)
+    timer = PhaseTimer(scene.means.device)
+    denoiser = Timed(denoiser, timer, DENOISER_PHASES)
     up = estimate_up(scene, scene.source, override=config.up)
     rig = orbit_cameras(scene, config.views, denoiser.native_size, config.fov_deg)
     cameras = stand_on(rig, scene.bounding_sphere(trim=TRIM)[0], up)
@@ -178,11 +183,14 @@ def restyle(
     bridge = fit.setup(denoiser, scene, cameras)
     if show_progress:
         print(bridge.memory_plan.summary(), flush=True)
-    sampled_through = bridge if instrument is None else instrument(bridge)
-    sampler = SyncSampler(denoiser, sampled_through, config.sync_config())
+    sampler = SyncSampler(denoiser, Timed(bridge, timer, BRIDGE_PHASES), config.sync_config())
     result = sample_with_progress(sampler, config.seed, f"restyling '{config.prompt}'", show_progress)
     restyled = bridge.restyled_scene(result.z)
-    return RestyleResult(scene=restyled, before=before, after=render_rgb(restyled, cameras), cameras=cameras)
+    delivered = denoiser.decode(result.instances).float().clamp(0, 1)
+    after = render_rgb(restyled, cameras)
+    return RestyleResult(
+        scene=restyled, before=before, after=after, cameras=cameras, delivered=delivered, phases=timer.report()
+    )
 
 
 def write_turntable(scene: GaussianScene, path: Path, frames: int = 36, size: int = 160, fov_deg: float = 50.0) -> Path:

@@ -22,7 +22,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_demo_writes_the_restyled_ply_the_views_and_a_turntable(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    entrypoint(["demo", "--out", str(out), *FAST])
+    entrypoint(["demo", "--out", str(out), *FAST, "--preview-size", "96"])
     scene = GaussianScene.load(out / "restyled.ply")
     from sync_splat.scene.demo import make_demo_scene
 
@@ -30,7 +30,7 @@ def test_demo_writes_the_restyled_ply_the_views_and_a_turntable(tmp_path: Path) 
     assert torch.equal(scene.means, source.means) and torch.equal(scene.log_scales, source.log_scales)
     assert not torch.allclose(scene.rgb01, source.rgb01, atol=0.05)
     grid = iio.imread(out / "views.png")
-    assert grid.ndim == 3 and grid.shape[0] * 5 == grid.shape[1] * 2  # two rows of five square views
+    assert grid.shape == (2 * 96, 5 * 96, 3)  # two rows of five square views at the preview size
     frames = iio.imread(out / "turntable.gif", index=None)
     assert frames.shape[0] == 36
     assert sorted(p.name for p in out.iterdir()) == ["restyled.ply", "turntable.gif", "views.png"]
@@ -41,13 +41,13 @@ def test_restyle_the_mip_splatting_fixture_with_the_prior(tmp_path: Path, shared
     donut = shared_fixture("donut_mipsplatting.ply")
     before = donut.read_bytes()
     out = tmp_path / "donut.ply"
-    entrypoint(["restyle", str(donut), "--out", str(out), "--prompt", "wood", *FAST])
+    entrypoint(["restyle", str(donut), "--out", str(out), "--prompt", "wood", *FAST, "--preview-size", "128"])
     assert donut.read_bytes() == before
     source, restyled = GaussianScene.load(donut), GaussianScene.load(out)
     assert torch.equal(source.means, restyled.means) and torch.equal(source.quats_wxyz, restyled.quats_wxyz)
     names = [p.name for p in PlyData.read(str(out))["vertex"].properties]
     assert names[:9] == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-    assert (tmp_path / "donut_views.png").exists()
+    assert iio.imread(tmp_path / "donut_views.png").shape == (2 * 128, 5 * 128, 3)
 
 
 def test_existing_outputs_are_never_overwritten(tmp_path: Path) -> None:

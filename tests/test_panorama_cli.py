@@ -25,9 +25,9 @@ def test_paints_a_png_of_the_right_size(tmp_path) -> None:
     assert result.rgb01.shape == (3, 16, 32)
 
 
-def test_default_prior_panorama_is_small() -> None:
+def test_default_prior_panorama_is_a_legible_preview() -> None:
     config = PanoramaConfig()
-    assert config.bridge_config().resolution(native_view_size=64) == (PRIOR_HEIGHT, 26)
+    assert config.bridge_config().resolution(native_view_size=64) == (PRIOR_HEIGHT, 102) == (256, 102)
     assert PanoramaConfig(denoiser="sd").bridge_config().resolution(native_view_size=64) == (160, 64)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import trimesh
 
-from sync_splat.apps.texture_mesh import OUTPUT_NAMES, MeshTextureConfig, texture_mesh
+from sync_splat.apps.texture_mesh import OUTPUT_NAMES, PRIOR_VIEW_SIZE, MeshTextureConfig, texture_mesh
 from sync_splat.bridges.mesh import MeshBridgeConfig
 from sync_splat.errors import InputError
 
@@ -106,3 +106,12 @@ def test_texture_mesh_runs_stable_diffusion_with_controlnet_depth(box_obj: Path,
     assert result.texture.shape == (3, 64, 64) and result.views.shape == (10, 3, 64, 64)
     assert all(p.is_file() for p in result.paths)
     assert {"a wooden box, front view", "a wooden box, side view", "a wooden box, back view"} <= set(prompts)
+
+
+def test_prior_views_default_to_twice_its_native_size() -> None:
+    """With the prior and no view size given, views are 128 pixels (a 256-pixel texture); SD keeps its native size,
+    and a size the user gives is kept."""
+    assert MeshTextureConfig().bridge_config().view_size == PRIOR_VIEW_SIZE == 128
+    assert MeshTextureConfig(denoiser="sd").bridge_config().view_size is None
+    given = MeshTextureConfig(bridge=MeshBridgeConfig(view_size=32))
+    assert given.bridge_config().view_size == 32

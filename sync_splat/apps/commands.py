@@ -34,7 +34,7 @@ class RestyleCommand:
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
     def main(self) -> None:
-        from sync_splat.apps.restyle import restyle
+        from sync_splat.apps.restyle import preview_views, restyle
         from sync_splat.scene.gaussians import GaussianScene
         from sync_splat.scene.images import write_image_rows
 
@@ -44,9 +44,10 @@ class RestyleCommand:
         check_outputs(self.out, grid)
         source = GaussianScene.load(self.scene)
         result = restyle(source, self.restyle)
+        rows = preview_views(source, result.scene, result.cameras, self.restyle.preview_size)
         with staged_files(self.out, grid) as (ply_tmp, grid_tmp):
             result.scene.save(ply_tmp)
-            write_image_rows((result.before, result.after), grid_tmp)
+            write_image_rows(rows, grid_tmp)
         print(f"wrote {self.out} and {grid}")
         if self.view:
             import torch
@@ -69,16 +70,18 @@ class DemoCommand:
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
     def main(self) -> None:
-        from sync_splat.apps.restyle import restyle, write_turntable
+        from sync_splat.apps.restyle import preview_views, restyle, write_turntable
         from sync_splat.scene.demo import make_demo_scene
         from sync_splat.scene.images import write_image_rows
 
         check_outputs(self.out)
-        result = restyle(make_demo_scene(), self.restyle)
+        source = make_demo_scene()
+        result = restyle(source, self.restyle)
+        rows = preview_views(source, result.scene, result.cameras, self.restyle.preview_size)
         with staged_folder(self.out) as folder:
             folder.mkdir()
             result.scene.save(folder / "restyled.ply")
-            write_image_rows((result.before, result.after), folder / "views.png")
+            write_image_rows(rows, folder / "views.png")
             write_turntable(result.scene, folder / "turntable.gif")
         print(f"wrote {self.out / 'restyled.ply'}, {self.out / 'views.png'} and {self.out / 'turntable.gif'}")
 

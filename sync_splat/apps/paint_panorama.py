@@ -24,8 +24,9 @@ from sync_splat.scene.depth_maps import read_depth_map
 from sync_splat.scene.files import check_outputs, staged_files
 from sync_splat.scene.images import write_png
 
-PRIOR_HEIGHT = 64
-"""Panorama rows with the prior when `height` is None: a 64 x 128 panorama seen by 26-pixel views, seconds on a CPU."""
+PRIOR_HEIGHT = 256
+"""Panorama rows with the prior when `height` is None: a 256 x 512 panorama seen by 102-pixel views, seconds on a
+CPU."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class PanoramaConfig(SamplingSettings):
     """The text prompt. With the prior it names a texture preset (marble, wood, stripes, clouds, camouflage,
     terrazzo, granite)."""
     height: int | None = None
-    """Panorama rows in the denoiser's space (the PNG has height x 8 rows with SD); None: 64 with the prior, and with
+    """Panorama rows in the denoiser's space (the PNG has height x 8 rows with SD); None: 256 with the prior, and with
     SD the views' angular resolution (160 latent rows, a 1280 x 2560 PNG)."""
     view_size: int | None = None
     """Side of each view in the denoiser's space; None: matched to height with the prior, SD's native 64 latents."""

@@ -53,6 +53,10 @@ class RestyleConfig(SamplingSettings):
     """Views around the scene: one ring of this many azimuths at 15 degrees elevation, plus one top view."""
     fov_deg: float = 50.0
     """Field of view of the orbit cameras."""
+    preview_size: int = 256
+    """Side, in pixels, of each view in the PNG grid of the views before and after (the restyled scene rendered from
+    the run's cameras); the views the sampler works on keep the denoiser's native size (64 for the prior, 512 for
+    SD 1.5)."""
     fit: SplatBridgeConfig = field(default_factory=SplatBridgeConfig)
     """How the splat colours are fitted to the views (canonical space, tolerance, iterations)."""
     up: str | None = None
@@ -74,6 +78,8 @@ class RestyleConfig(SamplingSettings):
             )
         if not 0.0 < self.fov_deg < 180.0:
             raise InputError(f"--fov-deg must be in (0, 180) degrees, got {self.fov_deg}")
+        if not 16 <= self.preview_size <= 4096:
+            raise InputError(f"--preview-size must be from 16 to 4096 pixels, got {self.preview_size}")
 
 
 @dataclass(frozen=True)
@@ -191,6 +197,15 @@ def restyle(
     return RestyleResult(
         scene=restyled, before=before, after=after, cameras=cameras, delivered=delivered, phases=timer.report()
     )
+
+
+def preview_views(
+    source: GaussianScene, restyled: GaussianScene, cameras: Cameras, size: int
+) -> tuple[Float[Tensor, "N 3 S S"], Float[Tensor, "N 3 S S"]]:
+    """The source and the restyled scene rendered from `cameras` at `size` pixels (the long side), over white."""
+    scale = size / max(cameras.width, cameras.height)
+    resized = cameras.resized(max(1, round(cameras.width * scale)), max(1, round(cameras.height * scale)))
+    return render_rgb(source, resized), render_rgb(restyled, resized)
 
 
 def write_turntable(scene: GaussianScene, path: Path, frames: int = 36, size: int = 160, fov_deg: float = 50.0) -> Path:

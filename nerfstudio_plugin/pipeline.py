@@ -93,9 +93,6 @@ class SyncSplatPipelineConfig(VanillaPipelineConfig):
     dataset's frame), 'colmap' or 'inria' (a 3DGS PLY trained on the COLMAP model), 'transforms' (a PLY trained on
     the dataset's transforms.json). The scene is moved into the dataset's frame; restyled.ply stays in the source's.
     None: used as it is, and refused if the dataset's cameras barely see it."""
-    compact_ply: bool = False
-    """Write restyled.ply with SH degree 0: the restyled colours are the same from every side, so the higher-order
-    SH columns of the source's degree (45 for degree 3) would all be zero; the file is then about 3.5x smaller."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(
         default_factory=lambda: RestyleConfig(denoiser="sd")
     )
@@ -465,7 +462,7 @@ class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
             raise RuntimeError("export_restyled needs a complete sampling and the trainer's run folder")
         # The restyled colours on the source's own geometry, in its own frame (moved into the dataset's or not).
         sh = self._bridge.restyled_scene(self._result).sh.to(self._original.sh)
-        restyled = replace(self._original, sh=sh[:, :1] if self.config.compact_ply else sh)
+        restyled = replace(self._original, sh=sh[:, :1] if self._restyle.compact_ply else sh)
         self._exported = restyled.save(self._run_dir / RESTYLED_PLY)
         CONSOLE.print(f"sync-splat: wrote {self._exported}")
         return self._exported

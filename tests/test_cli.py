@@ -74,3 +74,25 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path: Path, args: list[st
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sync-splat: error:") and message in lines[0], result.stderr
+
+
+def test_compact_ply_writes_degree_0_from_a_degree_3_source(tmp_path: Path) -> None:
+    """The restyled colours are view-independent: --compact-ply drops the source's 45 all-zero f_rest columns,
+    and without it the restyled file keeps the source's layout."""
+    from dataclasses import replace
+
+    from sync_splat.scene.demo import make_demo_scene
+
+    demo = make_demo_scene()
+    sh = torch.zeros(demo.num_gaussians, 16, 3)
+    sh[:, :1] = demo.sh[:, :1]
+    source = tmp_path / "degree3.ply"
+    replace(demo, sh=sh).save(source)
+    sizes = {}
+    for name, flag in (("full", []), ("compact", ["--compact-ply"])):
+        out = tmp_path / f"{name}.ply"
+        entrypoint(["restyle", str(source), "--out", str(out), "--steps", "2", "--views", "2", *flag])
+        rest = [p.name for p in PlyData.read(str(out))["vertex"].properties if p.name.startswith("f_rest_")]
+        assert len(rest) == (0 if name == "compact" else 45)
+        sizes[name] = out.stat().st_size
+    assert sizes["full"] > 3 * sizes["compact"]

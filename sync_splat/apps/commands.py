@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 import tyro
 
 from sync_splat.apps.paint_panorama import PanoramaConfig
-from sync_splat.apps.restyle import RestyleConfig
+from sync_splat.apps.restyle import PREVIEW_SIZE, RestyleConfig
 from sync_splat.apps.texture_mesh import MeshTextureConfig
 from sync_splat.apps.view import ViewConfig
 from sync_splat.errors import InputError
@@ -31,6 +31,9 @@ class RestyleCommand:
     """The restyled .ply to write; must not exist yet. A PNG grid of the views is written beside it."""
     view: bool = False
     """Then show the result in the browser (`sync-splat view OUT --before SCENE`, with the views' cameras)."""
+    preview_size: int = PREVIEW_SIZE
+    """Side, in pixels, of each view in the PNG grid (the scenes rendered from the run's cameras); the views the
+    sampler works on keep the denoiser's native size (64 for the prior, 512 for SD 1.5)."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
     def main(self) -> None:
@@ -44,7 +47,7 @@ class RestyleCommand:
         check_outputs(self.out, grid)
         source = GaussianScene.load(self.scene)
         result = restyle(source, self.restyle)
-        rows = preview_views(source, result.scene, result.cameras, self.restyle.preview_size)
+        rows = preview_views(source, result.scene, result.cameras, self.preview_size)
         with staged_files(self.out, grid) as (ply_tmp, grid_tmp):
             result.scene.save(ply_tmp)
             write_image_rows(rows, grid_tmp)
@@ -67,6 +70,8 @@ class DemoCommand:
 
     out: Path = Path("outputs/demo")
     """Folder for restyled.ply, views.png and turntable.gif; must not exist yet."""
+    preview_size: int = PREVIEW_SIZE
+    """Side, in pixels, of each view in views.png (the scenes rendered from the run's cameras)."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
     def main(self) -> None:
@@ -77,7 +82,7 @@ class DemoCommand:
         check_outputs(self.out)
         source = make_demo_scene()
         result = restyle(source, self.restyle)
-        rows = preview_views(source, result.scene, result.cameras, self.restyle.preview_size)
+        rows = preview_views(source, result.scene, result.cameras, self.preview_size)
         with staged_folder(self.out) as folder:
             folder.mkdir()
             result.scene.save(folder / "restyled.ply")

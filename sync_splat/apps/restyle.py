@@ -35,6 +35,8 @@ TRIM = 0.01
 """The fraction of outlying Gaussians (floaters) the orbit rig's bounding sphere leaves out."""
 MIN_ALPHA = 1.0 / 255.0
 """A scene counts as seen when some pixel of some view is at least this opaque (one 8-bit level)."""
+PREVIEW_SIZE = 256
+"""Side, in pixels, of each view in a restyle's PNG grid unless the user says otherwise."""
 MAX_VIEWS = 360
 """Most ring views a run takes: one per degree of azimuth. Every step renders and denoises each view, so time and
 memory grow in proportion to the count, and closer views show nearly the same picture."""
@@ -53,10 +55,10 @@ class RestyleConfig(SamplingSettings):
     """Views around the scene: one ring of this many azimuths at 15 degrees elevation, plus one top view."""
     fov_deg: float = 50.0
     """Field of view of the orbit cameras."""
-    preview_size: int = 256
-    """Side, in pixels, of each view in the PNG grid of the views before and after (the restyled scene rendered from
-    the run's cameras); the views the sampler works on keep the denoiser's native size (64 for the prior, 512 for
-    SD 1.5)."""
+    compact_ply: bool = False
+    """Write the restyled PLY with SH degree 0: the restyled colours are the same from every side, so the
+    higher-order SH columns of the source's degree (45 for degree 3) would all be zero; the file is about 3.5x
+    smaller."""
     fit: SplatBridgeConfig = field(default_factory=SplatBridgeConfig)
     """How the splat colours are fitted to the views (canonical space, tolerance, iterations)."""
     up: str | None = None
@@ -78,8 +80,6 @@ class RestyleConfig(SamplingSettings):
             )
         if not 0.0 < self.fov_deg < 180.0:
             raise InputError(f"--fov-deg must be in (0, 180) degrees, got {self.fov_deg}")
-        if not 16 <= self.preview_size <= 4096:
-            raise InputError(f"--preview-size must be from 16 to 4096 pixels, got {self.preview_size}")
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,8 @@ def restyle(
     sampler = SyncSampler(denoiser, Timed(bridge, timer, BRIDGE_PHASES), config.sync_config())
     result = sample_with_progress(sampler, config.seed, f"restyling '{config.prompt}'", show_progress)
     restyled = bridge.restyled_scene(result.z)
+    if config.compact_ply:
+        restyled = replace(restyled, sh=restyled.sh[:, :1])
     delivered = denoiser.decode(result.instances).float().clamp(0, 1)
     after = render_rgb(restyled, cameras)
     return RestyleResult(
@@ -202,7 +204,13 @@ def restyle(
 def preview_views(
     source: GaussianScene, restyled: GaussianScene, cameras: Cameras, size: int
 ) -> tuple[Float[Tensor, "N 3 S S"], Float[Tensor, "N 3 S S"]]:
-    """The source and the restyled scene rendered from `cameras` at `size` pixels (the long side), over white."""
+    """The source and the restyled scene rendered from `cameras` at `size` pixels (the long side), over white.
+
+    Raises:
+        InputError: `size` is not from 16 to 4096 pixels.
+    """
+    if not 16 <= size <= 4096:
+        raise InputError(f"--preview-size must be from 16 to 4096 pixels, got {size}")
     scale = size / max(cameras.width, cameras.height)
     resized = cameras.resized(max(1, round(cameras.width * scale)), max(1, round(cameras.height * scale)))
     return render_rgb(source, resized), render_rgb(restyled, resized)

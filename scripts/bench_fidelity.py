@@ -184,7 +184,8 @@ class FidelityBench:
             held_out = replace(config, azimuths=7, elevation_deg=15.0, upper_azimuths_deg=(90.0,))
             return Setting(name, config.setup(prior, mesh), held_out.setup(prior, mesh))
         if name.startswith("panorama"):
-            config = replace(PanoramaConfig(prompt=prior.name).bridge_config(), device="cpu")
+            # As many panorama rows as the prior's view side: views of about 26 pixels, the panorama seen whole.
+            config = replace(PanoramaConfig(prompt=prior.name).bridge_config(), height=prior.native_size, device="cpu")
             depth = depth_room() if name == "panorama-depth" else None
             held_out = replace(config, elevations_deg=(20.0, -25.0), views_per_ring=5, pole_views=False)
             return Setting(name, config.setup(prior, depth), held_out.setup(prior, depth))

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from sync_splat.apps.evaluate import EvalConfig
 from sync_splat.apps.paint_panorama import PanoramaConfig
 from sync_splat.apps.restyle import RestyleConfig
 from sync_splat.apps.texture_mesh import MeshTextureConfig
@@ -28,26 +29,31 @@ class RestyleCommand:
     scene: tyro.conf.Positional[Path]
     """The scene: a 3DGS/nerfstudio .ply, a splatfacto run's config.yml, or a .ckpt."""
     out: Path
-    """The restyled .ply to write; must not exist yet. A PNG grid of the views is written beside it."""
+    """The restyled .ply to write; must not exist yet. Beside it: a PNG grid of the views (<stem>_views.png) and the
+    run record `sync-splat eval` reads (<stem>_run.json, <stem>_delivered.npz)."""
     view: bool = False
     """Then show the result in the browser (`sync-splat view OUT --before SCENE`, with the views' cameras)."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
     def main(self) -> None:
         from sync_splat.apps.restyle import restyle
+        from sync_splat.apps.run_record import files_beside, splat_record
         from sync_splat.scene.gaussians import GaussianScene
         from sync_splat.scene.images import write_image_rows
 
         if self.out.suffix.lower() != ".ply":
             raise InputError(f"--out {self.out}: the restyled scene is written as a .ply file")
         grid = self.out.with_name(self.out.stem + "_views.png")
-        check_outputs(self.out, grid)
+        record, views = files_beside(self.out)
+        check_outputs(self.out, grid, record, views)
         source = GaussianScene.load(self.scene)
         result = restyle(source, self.restyle)
-        with staged_files(self.out, grid) as (ply_tmp, grid_tmp):
+        with staged_files(self.out, grid, record, views) as (ply_tmp, grid_tmp, record_tmp, views_tmp):
             result.scene.save(ply_tmp)
             write_image_rows((result.before, result.after), grid_tmp)
-        print(f"wrote {self.out} and {grid}")
+            run = splat_record("restyle", result, self.restyle, self.scene, views)
+            run.save(record_tmp, views_tmp, result.delivered)
+        print(f"wrote {self.out}, {grid}, and the run record {record} with {views}")
         if self.view:
             import torch
 
@@ -65,11 +71,13 @@ class DemoCommand:
     network. Writes the restyled PLY, a PNG grid of the views before and after, and a turntable GIF."""
 
     out: Path = Path("outputs/demo")
-    """Folder for restyled.ply, views.png and turntable.gif; must not exist yet."""
+    """Folder for restyled.ply, views.png, turntable.gif and the run record (run.json, delivered.npz); must not exist
+    yet."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
     def main(self) -> None:
         from sync_splat.apps.restyle import restyle, write_turntable
+        from sync_splat.apps.run_record import files_in, splat_record
         from sync_splat.scene.demo import make_demo_scene
         from sync_splat.scene.images import write_image_rows
 
@@ -80,7 +88,10 @@ class DemoCommand:
             result.scene.save(folder / "restyled.ply")
             write_image_rows((result.before, result.after), folder / "views.png")
             write_turntable(result.scene, folder / "turntable.gif")
-        print(f"wrote {self.out / 'restyled.ply'}, {self.out / 'views.png'} and {self.out / 'turntable.gif'}")
+            record, views = files_in(folder)
+            splat_record("demo", result, self.restyle, None, views).save(record, views, result.delivered)
+        print(f"wrote {self.out / 'restyled.ply'}, {self.out / 'views.png'}, {self.out / 'turntable.gif'} and the run "
+              "record (run.json, delivered.npz)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,36 @@ class ExportCommand:
 
 
 @dataclass(frozen=True)
+class EvalCommand:
+    """Measure a restyle against its source: CLIP direction similarity, direction consistency and CLIP-S along a
+    held-out camera path, the fit residual, held-out sharpness, and the run's time and memory per phase. Writes
+    metrics.json and strip.png (source frames above restyled frames)."""
+
+    restyled: tyro.conf.Positional[Path]
+    """The restyled .ply (its run record, <stem>_run.json, beside it), or an ns-train sync-splat run folder or its
+    config.yml."""
+    eval: Annotated[EvalConfig, tyro.conf.arg(name="")] = field(default_factory=EvalConfig)
+
+    def main(self) -> None:
+        from sync_splat.apps.evaluate import evaluate
+
+        result = evaluate(self.restyled, self.eval)
+        metrics = result.metrics
+
+        def number(key: str, unit: str = "") -> str:
+            value = metrics[key]
+            return "n/a (no run record)" if value is None else f"{value:.4g}{unit}"
+
+        print(f"{metrics['frames']} held-out frames ({metrics['path']}), {metrics['width']} x {metrics['height']}")
+        print(f"CLIP direction similarity {number('clip_direction_similarity')}, direction consistency "
+              f"{number('clip_direction_consistency')}, CLIP-S {number('clip_score')} (source "
+              f"{number('clip_score_source')})")  # fmt: skip
+        print(f"fit residual PSNR {number('fit_psnr_db', ' dB')}, held-out sharpness {number('heldout_sharpness')}, "
+              f"run {number('seconds', ' s')}, peak {number('peak_gib', ' GiB')}")  # fmt: skip
+        print(f"wrote {result.out / 'metrics.json'} and {result.out / 'strip.png'}")
+
+
+@dataclass(frozen=True)
 class CaseStudyCommand:
     """The paper's case analysis on CPU: every synchronisation case over every projection type, with the exact
     Gaussian-texture prior; prints Markdown tables and writes a PNG grid per setting."""
@@ -210,5 +251,6 @@ Commands = (
     | Annotated[PanoramaCommand, tyro.conf.subcommand("panorama")]
     | Annotated[ViewCommand, tyro.conf.subcommand("view")]
     | Annotated[ExportCommand, tyro.conf.subcommand("export")]
+    | Annotated[EvalCommand, tyro.conf.subcommand("eval")]
     | Annotated[CaseStudyCommand, tyro.conf.subcommand("case-study")]
 )

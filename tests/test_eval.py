@@ -211,6 +211,18 @@ def test_the_datasets_camera_path_is_the_held_out_path(restyled: Path, tiny_clip
     assert all(math.isfinite(metrics[key]) for key in METRICS)
 
 
+def test_a_scene_without_a_run_record_is_measured_on_an_orbit(restyled: Path, tiny_clip: Path, tmp_path: Path) -> None:
+    """Given --source and --prompt, eval measures any PLY on the default rig's orbit; the record's measures are null."""
+    source, out = restyled.with_name("scene.ply"), tmp_path / "e"
+    args = ["--source", str(source), "--prompt", "wood", "--clip", str(tiny_clip), "--resolution", "32"]
+    entrypoint(["eval", str(restyled.with_name("scene.ply")), *args, "--frames", "3", "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["frames"], metrics["width"], metrics["path"]) == (8, 32, "orbit between the 8 instance views")
+    assert metrics["clip_direction_similarity"] == 0.0  # the scene against itself moved nowhere
+    assert metrics["clip_direction_consistency"] == pytest.approx(1.0)
+    assert all(metrics[key] is None for key in ("fit_psnr_db", "heldout_sharpness", "seconds", "phases"))
+
+
 # ---- one-line errors ------------------------------------------------------------------------------------------------
 
 

@@ -174,6 +174,22 @@ def test_heldout_orbit_lies_between_the_instance_views(restyled: Path) -> None:
     torch.testing.assert_close(offsets @ vertical, (ring_offset @ vertical).expand(6), atol=1e-5, rtol=0)
 
 
+@pytest.mark.gpu
+def test_eval_on_cuda_agrees_with_the_cpu(restyled: Path, tiny_clip: Path, tmp_path: Path) -> None:
+    """gsplat and CUDA CLIP against the pure-torch renderer and CPU CLIP: the same numbers, up to rasteriser detail."""
+    metrics = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        args = ["--clip", str(tiny_clip), "--frames", "4", "--device", device, "--out", str(out)]
+        entrypoint(["eval", str(restyled), *args])
+        metrics[device] = json.loads((out / "metrics.json").read_text())
+    cpu, cuda = metrics["cpu"], metrics["cuda"]
+    for key in ("clip_direction_similarity", "clip_direction_consistency", "clip_score", "clip_score_source"):
+        assert cuda[key] == pytest.approx(cpu[key], abs=0.05), key
+    assert cuda["fit_psnr_db"] == pytest.approx(cpu["fit_psnr_db"], abs=1.0)
+    assert cuda["heldout_sharpness"] == pytest.approx(cpu["heldout_sharpness"], rel=0.1)
+
+
 def write_camera_path(cameras: Cameras, path: Path, fov_deg: float) -> Path:
     """`cameras` as a nerfstudio camera path (OpenGL camera_to_world, vertical fov)."""
     c2w = cameras.c2w.double() @ OPENGL_TO_OPENCV.double()

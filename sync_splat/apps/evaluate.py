@@ -143,7 +143,7 @@ def fit_psnr(scene: GaussianScene, cameras: Cameras, delivered: Float[Tensor, "N
 
 def high_band_power(frames: Float[Tensor, "N 3 H W"], alpha: Float[Tensor, "N 1 H W"]) -> float:
     """Mean power of the frames' covered pixels in `HIGH_BAND` (`band_powers`)."""
-    return float(band_powers(frames, alpha > 0.5, HIGH_BAND)[0])
+    return float(band_powers(frames.cpu(), alpha.cpu() > 0.5, HIGH_BAND)[0])
 
 
 def evaluate(restyled: Path, config: EvalConfig) -> EvalResult:
@@ -171,8 +171,8 @@ def evaluate(restyled: Path, config: EvalConfig) -> EvalResult:
     scene = GaussianScene.load(ply)
     if record is not None and record.frame is not None:  # into the frame the run's cameras live in
         source, scene = (transform_scene(s, record.frame["transform"], record.frame["scale"]) for s in (source, scene))
-    source, scene = source.to(device), scene.to(device)
-    cameras, path_note = _heldout_cameras(config, record, source)
+    cameras, path_note = _heldout_cameras(config, record, source)  # built on the CPU, as restyle's rig
+    source, scene, cameras = source.to(device), scene.to(device), cameras.to(device)
     source_frames, _ = render_rgba(source, cameras, background=1.0)
     restyled_frames, alpha = render_rgba(scene, cameras, background=1.0)
 
@@ -223,7 +223,7 @@ def _heldout_cameras(config: EvalConfig, record: RunRecord | None, source: Gauss
         cameras = cameras.subset(evenly_spread_indices(len(cameras), config.frames))
         scale = size / max(cameras.size)
         cameras = cameras.resized(max(1, round(cameras.width * scale)), max(1, round(cameras.height * scale)))
-        return cameras.to(source.means.device), f"camera path {Path(path).absolute()}"
+        return cameras, f"camera path {Path(path).absolute()}"
     views = int(record.settings.get("views", ORBIT_VIEWS)) if record is not None else ORBIT_VIEWS
     fov = ORBIT_FOV_DEG
     if instances is not None:  # the rig's field of view across its shorter side
@@ -232,8 +232,7 @@ def _heldout_cameras(config: EvalConfig, record: RunRecord | None, source: Gauss
         up = UpAxis(record.up, "the run record")
     else:
         up = estimate_up(source, source.source)
-    cameras = heldout_orbit(source, views, size, fov, up, config.frames)
-    return cameras.to(source.means.device), f"orbit between the {views} instance views"
+    return heldout_orbit(source, views, size, fov, up, config.frames), f"orbit between the {views} instance views"
 
 
 def _record_metrics(

@@ -22,7 +22,7 @@ fine enough for a fit residual of about 100 dB, far above what a real fit reache
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +70,7 @@ class RunRecord:
     path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        record = {key: value for key, value in asdict(self).items() if key not in ("cameras", "path")}
+        record = {item.name: getattr(self, item.name) for item in fields(self) if item.name not in ("cameras", "path")}
         record["cameras"] = None if self.cameras is None else cameras_to_dict(self.cameras)
         return record
 
@@ -93,10 +93,10 @@ class RunRecord:
         try:
             data = json.loads(path.read_text())
             cameras = None if data["cameras"] is None else cameras_from_dict(data["cameras"])
-            fields = {name: data.get(name) for name in cls.__dataclass_fields__ if name not in ("cameras", "path")}
-            fields["kind"], fields["settings"] = str(data["kind"]), dict(data["settings"])
-            if fields["up"] is not None:
-                fields["up"] = tuple(float(value) for value in fields["up"])
+            values = {item.name: data.get(item.name) for item in fields(cls) if item.name not in ("cameras", "path")}
+            values["kind"], values["settings"] = str(data["kind"]), dict(data["settings"])
+            if values["up"] is not None:
+                values["up"] = tuple(float(value) for value in values["up"])
         except OSError as error:
             raise InputError(f"{path}: cannot read the run record ({error.strerror or error})") from None
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError, InputError) as error:
@@ -104,7 +104,7 @@ class RunRecord:
                 f"{path}: not a sync-splat run record ({type(error).__name__}: {error}); pass the record a "
                 "sync-splat command or ns-train sync-splat wrote"
             ) from None
-        return cls(**fields, cameras=cameras, path=path)
+        return cls(**values, cameras=cameras, path=path)
 
     def delivered_views(self) -> Float[Tensor, "N 3 H W"] | None:
         """The delivered views, `rgb01`, or None when the run saved none.

@@ -13,7 +13,7 @@ Each `get_train_loss_dict` takes one `SyncSampler.step` and writes colours into 
 estimate `z0_hat`, or the current sample: a viewer checkbox picks which), so the viewer shows progress live. The
 loss it returns is a constant zero that the trainer can backpropagate: nothing is optimised by the trainer.
 When the last step is taken, the sampler's answer becomes the model's colours and `restyled.ply` (standard 3DGS
-layout, geometry bit-identical to the source) is written into the run folder.
+layout, geometry bit-identical to the source) is written into the run folder, with the run record (`run_records.py`).
 
 Checkpoints: the sampler state, the final answer, the settings it was sampled with and the live settings are the
 pipeline's extra state (`get_extra_state`), the colours are the model's parameters; so `--load-dir` resumes a
@@ -54,6 +54,7 @@ from nerfstudio_plugin.checkpoints import SamplerCheckpoints
 from nerfstudio_plugin.datamanager import SyncSplatDatamanagerConfig
 from nerfstudio_plugin.frames import SourceFrame, check_frame, in_nerfstudio_frame, source_transform, suffix_frame
 from nerfstudio_plugin.model import SyncSplatModelConfig
+from nerfstudio_plugin.run_records import RunRecords
 from nerfstudio_plugin.viewer import ViewerReadout, ViewerRefresh
 from sync_splat.apps.restyle import RestyleConfig, orbit_cameras
 from sync_splat.bridges.splat import GaussianSplatBridge
@@ -111,7 +112,7 @@ class SyncSplatPipelineConfig(VanillaPipelineConfig):
             self.model.prompt = None
 
 
-class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
+class SyncSplatPipeline(SamplerCheckpoints, RunRecords, VanillaPipeline):
     """Runs the synchronised sampler over a frozen splat scene, one step per trainer iteration.
 
     Attributes:
@@ -162,6 +163,7 @@ class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
         self._restyle = self._restyle_config(config)
         self._original = GaussianScene.load(config.source)  # as read: restyled.ply keeps its frame
         self._source = self._original  # in the dataset's frame (moved there with --pipeline.source-frame)
+        self._frame: dict[str, Any] | None = None  # how it was moved there, for the run record
         # Only training samples ("val", the trainer's mode); ns-export, ns-viewer, ns-render and ns-eval ("inference",
         # "test") need the model alone, so no diffusion weights are loaded for them.
         self._denoiser: Denoiser | None = None
@@ -196,6 +198,7 @@ class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
         self._sampler: SyncSampler | None = None
         self._state: SamplerState | None = None
         self._result: Tensor | None = None  # the canonical answer z once sampling is complete
+        self._instances: Tensor | None = None  # and the views the instances ended with (the run record keeps them)
         self._exported: Path | None = None
         self._run_dir: Path | None = None
         self._trainer: Trainer | None = None
@@ -252,6 +255,7 @@ class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
         if frame == "nerfstudio":
             return scene
         transform, scale = source_transform(self.datamanager, frame)
+        self._frame = {"transform": torch.as_tensor(transform).tolist(), "scale": float(scale)}
         return transform_scene(scene, transform, scale)
 
     def _estimate_up(self, dataset_c2w: Tensor | None) -> UpAxis:
@@ -287,9 +291,9 @@ class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
         assert self._denoiser is not None
         cameras = self._instance_cameras()
         fit = suffix_frame(cameras, self._source, self._restyle.fit, self._up, orbit=cameras is self._orbit)
-        self._bridge = fit.setup(self._denoiser, self._source.to(device), cameras.to(device))
+        self._bridge = fit.setup(self._start_timing(device), self._source.to(device), cameras.to(device))
         CONSOLE.print(f"sync-splat: {self._bridge.memory_plan.summary()}", soft_wrap=True)
-        self._sampler = SyncSampler(self._denoiser, self._bridge, self._restyle.sync_config())
+        self._sampler = self._timed_sampler(self._denoiser, self._restyle)
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self._restyle.seed)
@@ -318,7 +322,8 @@ class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
             # The viewer's x0_hat preview asks the sampler for g where the step would not otherwise run it.
             self._state = self._sampler.step(self._state, preview=bool(self.show_preview.value))
             if self._state.step_index == self._sampler.num_steps:
-                self._result = self._sampler.finish(self._state).z
+                finished = self._sampler.finish(self._state)
+                self._result, self._instances = finished.z, finished.instances
             self._show()
         loss = torch.zeros((), device=self.device, requires_grad=True)
         metrics = {"denoising_step": float(self.steps_taken)}
@@ -404,7 +409,7 @@ class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
             else:  # the prior's prompt picks a texture preset: a new (cheap) prior with the same codec
                 denoiser = restyle.build_denoiser()
             self._denoiser = denoiser
-            self._sampler = SyncSampler(denoiser, self._bridge, restyle.sync_config())
+            self._sampler = self._timed_sampler(denoiser, restyle)
         self._restyle = restyle
 
     # ---- trainer hooks --------------------------------------------------------------------------------------
@@ -419,6 +424,7 @@ class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
         if trainer is not None:
             self._trainer = trainer
             self._run_dir = Path(trainer.base_dir)
+            self._check_run_record()
             limit = trainer.config.max_num_iterations
             self._stop_at = self.num_steps if limit is None else min(self.num_steps, self.steps_taken + max(limit, 0))
             trainer.config.max_num_iterations = sys.maxsize
@@ -465,6 +471,7 @@ class SyncSplatPipeline(SamplerCheckpoints, VanillaPipeline):
         restyled = replace(self._original, sh=sh[:, :1] if self._restyle.compact_ply else sh)
         self._exported = restyled.save(self._run_dir / RESTYLED_PLY)
         CONSOLE.print(f"sync-splat: wrote {self._exported}")
+        self._write_run_record()
         return self._exported
 
 

@@ -1,7 +1,8 @@
 """`sync-splat`: the command line front door (tyro); the subcommands live in `sync_splat.apps.commands`.
 
-`demo`, `restyle`, `mesh` and `panorama` make results; `view` shows one in the browser (until Ctrl-C); `export` writes a
-splat scene as a standard PLY or a web viewer's `.splat`; `case-study` reproduces the paper's case analysis.
+`demo`, `restyle`, `mesh` and `panorama` make results (each with its run record); `view` shows one in the browser
+(until Ctrl-C); `eval` measures a restyle; `export` writes a splat scene as a standard PLY or a web viewer's `.splat`;
+`case-study` reproduces the paper's case analysis.
 
 Problems the user can fix surface as one line on stderr and exit status 2, never a traceback; so does a setting that
 its dataclass refuses while tyro builds it. Ctrl-C ends a command in one line with exit status 130. The heavy imports

@@ -16,6 +16,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiny_clip import save_tiny_clip  # noqa: E402
 from tiny_sd import TinySDPaths, save_tiny_sd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,3 +70,10 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> TinySDPaths:
     """Folders of tiny random SD 1.5-geometry models (tests/tiny_sd.py: epsilon and v-prediction pipelines and a
     ControlNet depth, latent views of 8, VAE factor 8), built once per session and saved as safetensors."""
     return save_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of a tiny random CLIP (tests/tiny_clip.py: 16-dimensional embeddings of 32 x 32 images), built once
+    per session."""
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))

@@ -397,7 +397,7 @@ def test_outputs_get_the_umask_mode_and_stale_temporaries_are_cleaned(tmp_path: 
         os.umask(previous)
     assert GaussianScene.load(out).num_gaussians == small_scene().num_gaussians
     assert stat.S_IMODE(out.stat().st_mode) == 0o640 and stat.S_IMODE(grid.stat().st_mode) == 0o640
-    assert sorted(p.name for p in out.parent.iterdir()) == ["x.ply", "x_views.png"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x.ply", "x_delivered.npz", "x_run.json", "x_views.png"]
     assert hidden_leftovers(tmp_path) == []
 
 

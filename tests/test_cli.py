@@ -9,6 +9,7 @@ import pytest
 import torch
 from plyfile import PlyData
 
+from sync_splat.apps.run_record import RunRecord
 from sync_splat.cli import entrypoint
 from sync_splat.scene.gaussians import GaussianScene
 
@@ -33,7 +34,16 @@ def test_demo_writes_the_restyled_ply_the_views_and_a_turntable(tmp_path: Path) 
     assert grid.shape == (2 * 96, 5 * 96, 3)  # two rows of five square views at the preview size
     frames = iio.imread(out / "turntable.gif", index=None)
     assert frames.shape[0] == 36
-    assert sorted(p.name for p in out.iterdir()) == ["restyled.ply", "turntable.gif", "views.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "delivered.npz",
+        "restyled.ply",
+        "run.json",
+        "turntable.gif",
+        "views.png",
+    ]
+    record = RunRecord.load(out / "run.json")
+    assert (record.kind, record.source, record.builtin_source) == ("demo", None, "demo")
+    assert record.delivered_views().shape == (5, 3, 64, 64) and record.phases["calls"]["denoise"] == 4
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sync_splat.apps.paint_panorama import PRIOR_HEIGHT, PanoramaConfig, paint_panorama
+from sync_splat.apps.run_record import RunRecord
 from sync_splat.errors import InputError
 
 QUICK = PanoramaConfig(prompt="clouds", steps=8, height=16)
@@ -18,7 +19,13 @@ QUICK = PanoramaConfig(prompt="clouds", steps=8, height=16)
 def test_paints_a_png_of_the_right_size(tmp_path) -> None:
     out = tmp_path / "pano.png"
     result = paint_panorama(QUICK, None, out, show_progress=False)
-    assert result.paths == (out,)
+    assert result.paths == (out, tmp_path / "pano_run.json", tmp_path / "pano_delivered.npz")
+    record = RunRecord.load(result.paths[1])
+    assert (record.kind, record.source, record.settings["views"], len(record.cameras)) == ("panorama", None, 26, 26)
+    calls = record.phases["calls"]
+    assert calls["denoise"] == 8 and calls["render"] > 0 and calls["fit"] > 0
+    views = record.delivered_views()
+    assert views.shape == (26, 3, record.cameras.height, record.cameras.width) and views.std() > 0.01
     image = iio.imread(out)
     assert image.shape == (16, 32, 3) and image.dtype == np.uint8
     assert image.std() > 1.0  # a texture, not a flat colour
@@ -51,7 +58,8 @@ def test_depth_map_and_cube_faces(tmp_path) -> None:
     before = depth.read_bytes()
     out = tmp_path / "room.png"
     result = paint_panorama(QUICK, depth, out, cube_faces=True, show_progress=False)
-    assert len(result.paths) == 7 and all(path.exists() for path in result.paths)
+    assert len(result.paths) == 9 and all(path.exists() for path in result.paths)
+    assert RunRecord.load(result.paths[-2]).source == str(depth)
     assert iio.imread(result.paths[1]).shape == (8, 8, 3)  # faces keep the panorama's resolution: width / 4
     assert depth.read_bytes() == before
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import trimesh
 
+from sync_splat.apps.run_record import RunRecord
 from sync_splat.apps.texture_mesh import OUTPUT_NAMES, PRIOR_VIEW_SIZE, MeshTextureConfig, texture_mesh
 from sync_splat.bridges.mesh import MeshBridgeConfig
 from sync_splat.errors import InputError
@@ -32,9 +33,14 @@ def test_texture_mesh_writes_every_output_and_they_agree(box_obj: Path, tmp_path
     config = MeshTextureConfig(prompt="terrazzo", steps=4, bridge=SMALL)
     result = texture_mesh(config, box_obj, tmp_path / "out", show_progress=False)
 
-    assert [p.name for p in result.paths] == list(OUTPUT_NAMES)
+    names = [*OUTPUT_NAMES, "run.json", "delivered.npz"]
+    assert [p.name for p in result.paths] == names
     assert all(p.is_file() for p in result.paths)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_NAMES)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(names)
+    record = RunRecord.load(result.paths[-2])
+    assert (record.kind, record.source, record.settings["prompt"]) == ("mesh", str(box_obj), "terrazzo")
+    assert len(record.cameras) == 10 and record.cameras.size == (32, 32) and record.phases["calls"]["denoise"] == 4
+    torch.testing.assert_close(record.delivered_views(), result.views.clamp(0, 1), atol=1 / 65535, rtol=0)
     assert hashlib.sha256(box_obj.read_bytes()).hexdigest() == before
     assert result.texture.shape == (3, 64, 64) and result.views.shape == result.renders.shape == (10, 3, 32, 32)
 

@@ -2,7 +2,8 @@
 
 It builds the denoiser (the exact prior on CPU, or Stable Diffusion + ControlNet depth), reads the optional
 360-degree depth map, builds the panorama bridge and the sampler, runs every step with a progress bar, and writes the
-equirectangular PNG (and optionally six cube-map faces) atomically, never over an existing file.
+equirectangular PNG (and optionally six cube-map faces) and the run record (`<stem>_run.json`, `<stem>_delivered.npz`:
+`sync_splat.apps.run_record`) atomically, never over an existing file.
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
 from torch import Tensor
 
+from sync_splat.apps.phases import BRIDGE_PHASES, DENOISER_PHASES, PhaseTimer, Timed
 from sync_splat.apps.progress import sample_with_progress
+from sync_splat.apps.run_record import RunRecord, files_beside, sampling_settings
 from sync_splat.apps.settings import SamplingSettings
-from sync_splat.bridges.panorama import PanoramaBridgeConfig, cube_face_paths, export_cube_faces
+from sync_splat.bridges.panorama import PanoramaBridge, PanoramaBridgeConfig, cube_face_paths, export_cube_faces
+from sync_splat.bridges.plumbing import resolve_device
 from sync_splat.denoisers.attention import MultiViewAttentionConfig
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
 from sync_splat.errors import InputError
+from sync_splat.functional.equirect import focal_length
 from sync_splat.sampler import SyncSampler
+from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.depth_maps import read_depth_map
 from sync_splat.scene.files import check_outputs, staged_files
 from sync_splat.scene.images import write_png
@@ -112,7 +119,7 @@ def paint_panorama(
         show_progress: show a progress bar.
 
     Returns:
-        The RGB panorama and the written paths (the panorama first).
+        The RGB panorama and the written paths (the panorama first, the run record's two files last).
 
     Raises:
         InputError: an output exists or cannot be written, `out` is not a .png, the depth map is bad, or the
@@ -122,6 +129,7 @@ def paint_panorama(
     if out.suffix.lower() != ".png":
         raise InputError(f"--out {out}: the panorama is written as a .png file")
     outputs = (out, *cube_face_paths(out)) if cube_faces else (out,)
+    outputs = (*outputs, *files_beside(out))
     check_outputs(*outputs)
     if config.denoiser == "sd" and config.sd.controlnet is not None and depth is None:
         raise InputError(
@@ -129,13 +137,32 @@ def paint_panorama(
             "(--sd.controlnet None)"
         )
     depth_map = None if depth is None else read_depth_map(depth)
-    denoiser = config.build_denoiser()
+    timer = PhaseTimer(resolve_device(config.bridge_config().device))
+    denoiser = Timed(config.build_denoiser(), timer, DENOISER_PHASES)
     bridge = config.bridge_config().setup(denoiser, depth_map)
-    sampler = SyncSampler(denoiser, bridge, config.sync_config())
+    sampler = SyncSampler(denoiser, Timed(bridge, timer, BRIDGE_PHASES), config.sync_config())
     result = sample_with_progress(sampler, config.seed, f"painting '{config.prompt}'", show_progress)
     rgb01 = bridge.rgb_panorama(result.z)
+    delivered = denoiser.decode(result.instances).float().clamp(0, 1)
+    record = RunRecord(
+        kind="panorama", settings=sampling_settings(config, bridge.num_views), cameras=view_cameras(bridge),
+        source=None if depth is None else str(Path(depth).absolute()), phases=timer.report().to_dict(),
+        delivered=outputs[-1].name,
+    )  # fmt: skip
     with staged_files(*outputs) as staged:
         write_png(rgb01, staged[0])
         if cube_faces:
             export_cube_faces(rgb01, staged[0])
+        record.save(staged[-2], staged[-1], delivered)
     return PanoramaResult(rgb01=rgb01.cpu(), paths=outputs)
+
+
+def view_cameras(bridge: PanoramaBridge) -> Cameras:
+    """The bridge's views as cameras at the origin, at the decoded size. Their axes are the panorama's view axes
+    (`view_axes`), whose frame is mirrored (determinant -1), so `c2w` is not a rotation here."""
+    size = bridge.instance_shape[-1] * bridge.downsample
+    focal = focal_length(bridge.config.fov_deg, size)
+    c2w = torch.eye(4).repeat(bridge.num_views, 1, 1)
+    c2w[:, :3, :3] = bridge.axes.float()
+    K = torch.tensor([[focal, 0.0, size / 2], [0.0, focal, size / 2], [0.0, 0.0, 1.0]])
+    return Cameras(c2w, K.expand(bridge.num_views, 3, 3).clone(), size, size)

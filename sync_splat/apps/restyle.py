@@ -29,7 +29,7 @@ from sync_splat.sampler import SyncSampler
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.files import atomic_output
 from sync_splat.scene.gaussians import GaussianScene
-from sync_splat.scene.up_axis import estimate_up, stand_on
+from sync_splat.scene.up_axis import UpAxis, estimate_up, stand_on
 
 TRIM = 0.01
 """The fraction of outlying Gaussians (floaters) the orbit rig's bounding sphere leaves out."""
@@ -96,10 +96,15 @@ class RestyleResult:
     colours were fitted to (`after` is the restyled scene's render of the same cameras)."""
     phases: PhaseReport
     """Wall time and peak memory per phase of the run."""
+    up: UpAxis
+    """The up direction the orbit views stood on."""
 
 
-def orbit_cameras(scene: GaussianScene, views: int, native_size: int, fov_deg: float) -> Cameras:
-    """An orbit rig around the scene's (floater-trimmed) bounding sphere at the model's native size.
+def orbit_cameras(
+    scene: GaussianScene, views: int, native_size: int, fov_deg: float, azimuth_offset_deg: float = 0.0
+) -> Cameras:
+    """An orbit rig around the scene's (floater-trimmed) bounding sphere at the model's native size (its ring turned
+    by `azimuth_offset_deg`: `sync-splat eval` holds out frames between the restyled views).
 
     Raises:
         InputError: the scene has no extent to orbit (its Gaussians sit at one point).
@@ -114,17 +119,17 @@ def orbit_cameras(scene: GaussianScene, views: int, native_size: int, fov_deg: f
         )
     rig = Cameras.orbit_rig(
         centre, radius, num_azimuths=views, elevations_deg=(15.0,), top_views=1, fov_deg=fov_deg,
-        size=(native_size, native_size),
+        size=(native_size, native_size), azimuth_offset_deg=azimuth_offset_deg,
     )  # fmt: skip
     return rig.resized_for(native_size, multiple=64 if native_size >= 64 else native_size)
 
 
 def render_rgb(scene: GaussianScene, cameras: Cameras, background: float = 1.0) -> Tensor:
     """The scene's DC colours rendered over a grey level, `rgb01` `[N, 3, H, W]`."""
-    return _render(scene, cameras, background)[0]
+    return render_rgba(scene, cameras, background)[0]
 
 
-def _render(scene: GaussianScene, cameras: Cameras, background: float) -> tuple[Tensor, Tensor]:
+def render_rgba(scene: GaussianScene, cameras: Cameras, background: float) -> tuple[Tensor, Tensor]:
     """`rgb01` `[N, 3, H, W]` over a grey level, and the views' alpha `[N, 1, H, W]`."""
     out = render_gaussians(
         scene.means, scene.quats_wxyz, scene.log_scales.exp(), torch.sigmoid(scene.opacity_logits), scene.rgb01,
@@ -181,7 +186,7 @@ def restyle(
     up = estimate_up(scene, scene.source, override=config.up)
     rig = orbit_cameras(scene, config.views, denoiser.native_size, config.fov_deg)
     cameras = stand_on(rig, scene.bounding_sphere(trim=TRIM)[0], up)
-    before, alpha = _render(scene, cameras, background=1.0)
+    before, alpha = render_rgba(scene, cameras, background=1.0)
     check_seen(scene, alpha)
     fit = config.fit
     if (fit.up, fit.front) == (SplatBridgeConfig.up, SplatBridgeConfig.front):  # name the views on the same up
@@ -197,7 +202,7 @@ def restyle(
     delivered = denoiser.decode(result.instances).float().clamp(0, 1)
     after = render_rgb(restyled, cameras)
     return RestyleResult(
-        scene=restyled, before=before, after=after, cameras=cameras, delivered=delivered, phases=timer.report()
+        scene=restyled, before=before, after=after, cameras=cameras, delivered=delivered, phases=timer.report(), up=up
     )
 
 

@@ -4,7 +4,8 @@ It loads the mesh (UVs from the file, or xatlas), builds the denoiser (the exact
 ControlNet depth), the mesh-texture bridge with the paper's 10 views and the sampler; runs every step with a
 progress bar; decodes the final views, bakes the RGB texture from them (cos^6 weights) and writes, into one
 folder, `textured.obj` + `textured.mtl` + `textured.png`, `textured.glb`, and `views.png`: the decoded views (top
-row) above renders of the exported texture (bottom row), which shows at a glance how consistent the views were.
+row) above renders of the exported texture (bottom row), which shows at a glance how consistent the views were; and
+the run record (`run.json`, `delivered.npz`: `sync_splat.apps.run_record`), with the time and memory of each phase.
 Existing files are never overwritten, and the input mesh is never written to.
 """
 
@@ -15,9 +16,12 @@ from pathlib import Path
 
 from torch import Tensor
 
+from sync_splat.apps.phases import BRIDGE_PHASES, DENOISER_PHASES, PhaseTimer, Timed
 from sync_splat.apps.progress import sample_with_progress
+from sync_splat.apps.run_record import RunRecord, files_in, sampling_settings
 from sync_splat.apps.settings import SamplingSettings
 from sync_splat.bridges.mesh import MeshBridgeConfig
+from sync_splat.bridges.plumbing import resolve_device
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
 from sync_splat.sampler import SyncSampler
 from sync_splat.scene.files import check_outputs, staged_files
@@ -61,7 +65,7 @@ class MeshTextureResult:
     """What `texture_mesh` produced.
 
     Attributes:
-        paths: every written file, in `OUTPUT_NAMES` order.
+        paths: every written file, in `OUTPUT_NAMES` order, then the run record's two files.
         texture: the exported RGB texture `rgb01` `[3, Ht, Wt]`, row 0 on top.
         views: the sampler's final views, decoded, `rgb01` `[N, 3, H, W]`.
         renders: the exported mesh rendered from the same cameras over white, `[N, 3, H, W]`.
@@ -86,19 +90,26 @@ def texture_mesh(
     """
     out_dir = Path(out_dir)
     paths = tuple(out_dir / name for name in OUTPUT_NAMES)
-    check_outputs(*paths)
+    check_outputs(*paths, *files_in(out_dir))
     mesh = MeshAsset.load(mesh_path, uvs=config.uvs)
-    denoiser = config.build_denoiser()
+    timer = PhaseTimer(resolve_device(config.bridge.device))
+    denoiser = Timed(config.build_denoiser(), timer, DENOISER_PHASES)
     bridge = config.bridge_config().setup(denoiser, mesh)
-    sampler = SyncSampler(denoiser, bridge, config.sync_config())
+    sampler = SyncSampler(denoiser, Timed(bridge, timer, BRIDGE_PHASES), config.sync_config())
     label = f"texturing {Path(mesh_path).name} '{config.prompt}'"
     result = sample_with_progress(sampler, config.seed, label, show_progress)
 
     views = denoiser.decode(result.x).float().cpu()
-    texture = bridge.bake_rgb(views)
-    renders = bridge.render_rgb(texture, background=1.0)
-    with staged_files(*paths) as (obj, mtl, png, glb, grid):
+    texture = timer.wrap("fit", bridge.bake_rgb)(views)
+    renders = timer.wrap("render", bridge.render_rgb)(texture, background=1.0)
+    record = RunRecord(
+        kind="mesh", settings=sampling_settings(config, bridge.num_views), source=str(Path(mesh_path).absolute()),
+        cameras=bridge.cameras.resized(bridge.image_size, bridge.image_size), phases=timer.report().to_dict(),
+        delivered=files_in(out_dir)[1].name,
+    )  # fmt: skip
+    with staged_files(*paths, *files_in(out_dir)) as (obj, mtl, png, glb, grid, record_json, record_views):
         bridge.write(texture, obj)  # also writes the .mtl and .png beside it
         bridge.write(texture, glb)
         write_image_rows((views, renders), grid)
-    return MeshTextureResult(paths=paths, texture=texture, views=views, renders=renders)
+        record.save(record_json, record_views, views)
+    return MeshTextureResult(paths=(*paths, *files_in(out_dir)), texture=texture, views=views, renders=renders)

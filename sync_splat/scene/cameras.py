@@ -121,10 +121,12 @@ class Cameras:
         top_views: int = 1,
         fov_deg: float = 60.0,
         size: tuple[int, int] = (512, 512),
+        azimuth_offset_deg: float = 0.0,
     ) -> Cameras:
         """Cameras on a sphere around a bounding sphere, all looking at its centre, world y up.
 
-        Views come ring by ring: for each elevation, `num_azimuths` azimuths `2 pi k / num_azimuths`; then
+        Views come ring by ring: for each elevation, `num_azimuths` azimuths `2 pi k / num_azimuths` (plus
+        `azimuth_offset_deg`); then
         `top_views` views straight down from above, turned by `2 pi k / top_views` about the vertical axis (each is
         the limit of a ring view at that azimuth as the elevation goes to 90 degrees). Ring views keep world up
         pointing up in the image.
@@ -141,6 +143,7 @@ class Cameras:
             top_views: views from straight above (0 for none).
             fov_deg: field of view across the shorter image side, in degrees (0 < fov < 180).
             size: `(W, H)` in pixels.
+            azimuth_offset_deg: turns every ring (not the top views) by this angle.
 
         Returns:
             `num_azimuths * len(elevations_deg) + top_views` cameras, in float32 on the CPU.
@@ -161,7 +164,7 @@ class Cameras:
         for el_deg in elevations_deg:
             el = math.radians(el_deg)
             for k in range(num_azimuths):
-                az = 2 * math.pi * k / num_azimuths
+                az = 2 * math.pi * k / num_azimuths + math.radians(azimuth_offset_deg)
                 direction = torch.tensor([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
                 c2w.append(_look_at(centre_t + distance * direction, centre_t, up=torch.tensor([0.0, 1.0, 0.0])))
         for k in range(top_views):

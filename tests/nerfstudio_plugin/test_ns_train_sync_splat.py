@@ -101,6 +101,31 @@ def test_resumed_run_ends_as_an_uninterrupted_one(
     assert (resumed / "restyled.ply").read_bytes() == (full_prior_run / "restyled.ply").read_bytes()
 
 
+def test_the_run_record_lets_eval_measure_the_run(
+    full_prior_run: Path, scene_files: dict[str, Path], tiny_clip: Path, tmp_path: Path
+) -> None:
+    """The run folder holds run.json and delivered.npz; `sync-splat eval` measures the run from its config.yml."""
+    import json
+    import math
+
+    from sync_splat.apps.run_record import RunRecord
+    from sync_splat.cli import entrypoint
+
+    record = RunRecord.load(full_prior_run / "run.json")
+    assert (record.kind, record.source) == ("ns-train", str(scene_files["ply"]))
+    assert record.dataset is None and record.frame is None
+    assert (record.settings["prompt"], record.settings["steps"], record.settings["method"]) == ("wood", 4, "ddpm")
+    assert len(record.cameras) == 4 and record.phases["calls"]["denoise"] == 4
+    assert record.delivered_views().shape == (4, 3, 64, 64)
+    out = tmp_path / "eval"
+    config = full_prior_run / "config.yml"
+    entrypoint(["eval", str(config), "--clip", str(tiny_clip), "--frames", "3", "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["frames"] == 3 and metrics["target_prompt"] == "wood"
+    assert all(math.isfinite(metrics[key]) for key in ("clip_direction_similarity", "heldout_sharpness", "seconds"))
+    assert metrics["fit_psnr_db"] > 15
+
+
 @pytest.mark.parametrize("restart_after", [3, 4], ids=["near-the-end", "after-completing"])
 def test_a_restart_still_ends_with_the_restyled_ply(
     tmp_path: Path, full_prior_run: Path, scene_files: dict[str, Path], restart_after: int
@@ -404,7 +429,17 @@ def test_source_frame_moves_the_scene_into_the_dataset_frame(
     moved = render_rgb(seen["moved"], seen["cameras"])
     as_is = render_rgb(GaussianScene.load(scene_files["ply"]), seen["cameras"])
     assert (moved - seen["images"]).abs().mean() < 0.01 < (as_is - seen["images"]).abs().mean()
-    assert_restyled(run / "restyled.ply", scene_files["ply"])
+    restyled = assert_restyled(run / "restyled.ply", scene_files["ply"])
+    # The run record says how the source was moved: restyled.ply moved so explains the views the sampler delivered.
+    from sync_splat.apps.evaluate import fit_psnr
+    from sync_splat.apps.run_record import RunRecord
+    from sync_splat.scene.frames import transform_scene
+
+    record = RunRecord.load(run / "run.json")
+    restyled_there = transform_scene(restyled, record.frame["transform"], record.frame["scale"])
+    torch.testing.assert_close(restyled_there.means, seen["moved"].means)
+    delivered = record.delivered_views()
+    assert fit_psnr(restyled_there, record.cameras, delivered) > fit_psnr(restyled, record.cameras, delivered) + 5
 
 
 def test_compact_ply_drops_the_zero_sh_columns(tmp_path: Path, scene_files: dict[str, Path]) -> None:

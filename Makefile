@@ -5,17 +5,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test lint clean-venv
+.PHONY: setup test-tools demo test lint clean-venv
 
 setup: $(STAMP)
 
-# Debian's chromium: the headless browser the viewer's tests draw pages in (they skip, saying why, without one).
-# Installed only where this runs as root with apt-get; checked on every run, so a machine set up before gets it too.
-browser:
-	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
-	  && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-	    || echo "warning: could not install chromium: the browser tests of the viewer will skip"; \
+# Debian's chromium and ffmpeg: the headless browser the viewers' tests draw pages in, and what `ns-render` needs
+# (it refuses to start without ffmpeg). Installed only where this runs as root with apt-get (the tests that need
+# them skip, saying why, without them); checked on every run, so a machine set up before gets them too.
+test-tools:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
+	    || echo "warning: could not install$$missing: the tests that need them will skip"; \
 	fi
 
 # libusb-1.0-0 is the system library open3d (pulled in by nerfstudio) needs at import time.
@@ -37,7 +40,7 @@ demo: setup
 	rm -rf outputs/demo
 	$(BIN)/sync-splat demo --out outputs/demo $(ARGS)
 
-test: setup browser
+test: setup test-tools
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -8,6 +8,13 @@ serves the pipeline's orbit cameras with renders of the source scene as their im
 class (a `FullImageDatamanager`), as nerfstudio's scripts expect a datamanager target to be (`ns-render dataset`
 patches its `setup_train`).
 
+Captured datasets often have distorted cameras (COLMAP's OPENCV model: k1, k2, p1, p2; or a fisheye). The splat
+renderer is a pinhole renderer, so the views to restyle are rendered with the pinhole cameras of the undistorted
+images, the ones nerfstudio's `FullImageDatamanager` gives splatfacto when it undistorts a capture
+(`pinhole_train_cameras`): the same poses, OpenCV's optimal new camera matrix, the image cropped to its valid
+region. The dataset's images themselves are never used to restyle (only the source scene is rendered); the viewer
+shows them as they are.
+
 Conventions: `sync_splat` cameras are OpenCV (`c2w`), nerfstudio's are OpenGL; converted here with
 `OPENGL_TO_OPENCV` (its own inverse).
 """
@@ -19,13 +26,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras as NerfstudioCameras
 from nerfstudio.cameras.cameras import CameraType
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 from nerfstudio.data.datamanagers.base_datamanager import DataManager
-from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
+from nerfstudio.data.datamanagers.full_images_datamanager import (
+    FullImageDatamanager,
+    FullImageDatamanagerConfig,
+    _undistort_image,
+)
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.scene_box import SceneBox
@@ -92,6 +104,57 @@ class SyncSplatDatamanager(FullImageDatamanager):
         **kwargs: Any,
     ) -> None:
         super().__init__(config, device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank)
+
+    def pinhole_train_cameras(self) -> NerfstudioCameras:
+        """The training cameras as pinhole cameras: those of the undistorted images (see the module docstring)."""
+        if "cached_train" in vars(self):  # nerfstudio undistorted the images already and set the cameras to match
+            return self.train_dataset.cameras
+        return undistorted_cameras(self.train_dataset.cameras, self.get_datapath())
+
+
+_UNDISTORTED_TYPES = (CameraType.PERSPECTIVE, CameraType.FISHEYE, CameraType.FISHEYE624)
+
+
+def undistorted_cameras(cameras: NerfstudioCameras, data: Path) -> NerfstudioCameras:
+    """`cameras` (a dataset's, `[N]`) with the intrinsics and size of their images once undistorted as nerfstudio's
+    `FullImageDatamanager` undistorts them; cameras without distortion are kept as they are.
+
+    Computed by nerfstudio's own undistortion on a blank image, once per distinct camera model.
+    """
+    types = cameras.camera_type.reshape(-1)
+    known = [kind.value for kind in _UNDISTORTED_TYPES]
+    if any(int(kind) not in known for kind in types):
+        names = sorted({CameraType(int(kind)).name for kind in types if int(kind) not in known})
+        raise InputError(
+            f"{data}: cameras of type {', '.join(names)}, but sync-splat renders its views with pinhole cameras: use "
+            "a capture of perspective or fisheye cameras, or leave out --data to restyle orbit views"
+        )
+    distortion = cameras.distortion_params
+    if distortion is None or (not distortion.any() and (types == CameraType.PERSPECTIVE.value).all()):
+        return cameras
+    undistorted = cameras[torch.arange(len(cameras))]  # a copy: the dataset's cameras are left as they are
+    models: dict[tuple, tuple[np.ndarray, int, int]] = {}
+    for i in range(len(cameras)):
+        camera = cameras[i : i + 1].reshape(())
+        params = camera.distortion_params.numpy() if camera.distortion_params is not None else np.zeros(6)
+        width, height = int(camera.width), int(camera.height)
+        key = (int(camera.camera_type), *camera.get_intrinsics_matrices().reshape(-1).tolist(), width, height,
+               *params.tolist())  # fmt: skip
+        if key not in models:
+            K = camera.get_intrinsics_matrices().numpy().astype(np.float64)
+            blank = np.zeros((height, width, 3), np.uint8)
+            try:
+                K, image, _ = _undistort_image(camera, params, {}, blank, K)
+            except AssertionError as error:  # e.g. an OPENCV k4, which nerfstudio does not undistort
+                raise InputError(f"{data}: cannot undistort its cameras: {error}") from None
+            models[key] = (K, image.shape[1], image.shape[0])
+        K, width, height = models[key]
+        undistorted.fx[i], undistorted.fy[i] = float(K[0, 0]), float(K[1, 1])
+        undistorted.cx[i], undistorted.cy[i] = float(K[0, 2]), float(K[1, 2])
+        undistorted.width[i], undistorted.height[i] = width, height
+    undistorted.distortion_params = None
+    undistorted.camera_type[:] = CameraType.PERSPECTIVE.value
+    return undistorted
 
 
 def to_nerfstudio_cameras(cameras: Cameras) -> NerfstudioCameras:

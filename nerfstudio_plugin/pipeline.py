@@ -273,7 +273,8 @@ class SyncSplatPipeline(SamplerCheckpoints, RunRecords, VanillaPipeline):
         return self.config.cameras == "orbit" or not self.config.datamanager.has_dataset
 
     def _dataset_cameras(self, max_views: int | None = None) -> Cameras:
-        dataset = self.datamanager.train_dataset.cameras
+        """The dataset's training cameras as pinhole cameras (undistorted, as nerfstudio undistorts the images)."""
+        dataset = self.datamanager.pinhole_train_cameras()
         return Cameras.from_nerfstudio(
             dataset.camera_to_worlds, dataset.fx, dataset.fy, dataset.cx, dataset.cy, dataset.width, dataset.height,
             max_views=max_views,

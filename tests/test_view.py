@@ -8,13 +8,10 @@ colour of the pixels says what drew. They skip, saying why, where no Chromium is
 from __future__ import annotations
 
 import math
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from browser import CHROMIUM, MIN_PIXELS, WINDOW, empty_viser_page, free_port, needs_browser, pure, screenshot, wait_for
 from interrupts import ctrl_c_reaches_the_child
 
 from sync_splat.apps.view import InstanceViews, ViewConfig, kind_of, open_page
@@ -37,20 +35,6 @@ RED, GREEN = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
 
 def coloured(scene: GaussianScene, rgb: tuple[float, float, float]) -> GaussianScene:
     return scene.with_colors(torch.tensor([rgb]).expand(scene.num_gaussians, 3))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -220,66 +204,13 @@ def test_restyle_view_serves_the_result_after_writing_it(tmp_path: Path) -> None
 
 # ---- what a browser draws ---------------------------------------------------------------------------------------
 
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-needs_browser = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium installed (`make test` installs Debian's chromium when run as root)"
-)
-WINDOW = (800, 600)
-BUDGETS_MS = (15_000, 30_000, 60_000, 120_000)
-"""Virtual time Chromium gives the page before its screenshot, tried in turn until the scene has arrived (it comes
-over a websocket, which virtual time does not wait for)."""
-
-
-def screenshot(url: str, until: Callable[[np.ndarray], bool] = lambda image: True) -> np.ndarray:
-    """A headless Chromium screenshot of `url`, `[H, W, 3]` uint8, retaken with more time until `until` holds."""
-    with tempfile.TemporaryDirectory() as folder:
-        shot = Path(folder) / "shot.png"
-        for budget in BUDGETS_MS:
-            shot.unlink(missing_ok=True)
-            subprocess.run(
-                [
-                    CHROMIUM, "--headless", "--no-sandbox", "--hide-scrollbars", "--use-gl=angle",
-                    "--use-angle=swiftshader", "--enable-unsafe-swiftshader", f"--user-data-dir={folder}/profile",
-                    f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--virtual-time-budget={budget}",
-                    f"--screenshot={shot}", url,
-                ],
-                capture_output=True, timeout=180, check=True,
-            )  # fmt: skip
-            image = iio.imread(shot)[:, :, :3]
-            if until(image):
-                break
-        return image
-
-
-def pure(image: np.ndarray, channels: str) -> np.ndarray:
-    """Pixels of one hue: the named channels ("r", "g", "b") all clearly above every other one.
-
-    A margin rather than exact values, because the page's tone mapping desaturates bright colours (pure green is
-    drawn as about (147, 228, 89)).
-    """
-    values = {c: image[:, :, "rgb".index(c)].astype(int) for c in "rgb"}
-    weakest_on = np.minimum.reduce([values[c] for c in channels])
-    strongest_off = np.maximum.reduce([values[c] for c in "rgb" if c not in channels] + [np.zeros_like(weakest_on)])
-    return weakest_on - strongest_off > 50
-
 
 @pytest.fixture(scope="module")
 def empty_page() -> np.ndarray:
     """A screenshot of a viser page with nothing in its scene: what no content looks like."""
     if CHROMIUM is None:
         pytest.skip("no Chromium installed")
-    import viser
-
-    server = viser.ViserServer(host="127.0.0.1", port=free_port(), verbose=False)
-    server.gui.add_markdown("an empty scene")  # a panel like the pages' (without it viser shows its own buttons)
-    try:
-        return screenshot(f"http://127.0.0.1:{server.get_port()}", until=lambda image: image.std() > 0)
-    finally:
-        server.stop()
-
-
-MIN_PIXELS = WINDOW[0] * WINDOW[1] // 50
-"""A drawn scene covers at least 2% of the window: far more than the world-axes icon's few pure-colour pixels."""
+    return empty_viser_page()
 
 
 @needs_browser

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FRAME_AS_IS, NUM_IMAGES, dataset_args, tiny_sd_args, train_in_process
+from conftest import FRAME_AS_IS, NUM_IMAGES, assert_restyled, dataset_args, tiny_sd_args, train_in_process
 
 from sync_splat.scene.gaussians import GaussianScene
-from sync_splat.scene.ply import ply_property_names
 
 STEPS = 3
 VIEWS = 3
@@ -20,21 +19,6 @@ VIEWS = 3
 def checkpoint(run: Path) -> dict:
     (path,) = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
     return torch.load(path, map_location="cpu", weights_only=True)  # nothing but tensors and plain values
-
-
-def assert_restyled(ply: Path, source: Path) -> GaussianScene:
-    """`ply` is a standard 3DGS PLY with the source's geometry bit for bit and new colours."""
-    from plyfile import PlyData
-
-    vertex = PlyData.read(str(ply))["vertex"]
-    restyled, original = GaussianScene.load(ply), GaussianScene.load(source)
-    assert [p.name for p in vertex.properties] == ply_property_names(restyled.sh_degree)
-    assert vertex.count == original.num_gaussians
-    for name in ("means", "quats_wxyz", "log_scales", "opacity_logits"):
-        assert torch.equal(getattr(restyled, name), getattr(original, name)), name
-    assert torch.count_nonzero(restyled.sh[:, 1:]) == 0  # view-independent colours
-    assert (restyled.rgb01 - original.rgb01).abs().mean() > 0.02  # the colours did change
-    return restyled
 
 
 @pytest.fixture(scope="module")

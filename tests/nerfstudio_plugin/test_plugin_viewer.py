@@ -1,20 +1,32 @@
-"""The live viewer of `ns-train sync-splat`, headless: it answers on 127.0.0.1 only and shows the custom controls.
+"""The live viewer of `ns-train sync-splat`: it answers on 127.0.0.1 only and shows the custom controls, its header
+counts denoising steps, and in headless Chromium the scene draws and changes with the steps.
 
 This is also the test that runs the `ns-train` console script itself, in a subprocess.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
+import re
 import time
-import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import ns_train_command, subprocess_env, train_in_process
+import torch
+from browser import MIN_PIXELS, free_port, look, needs_browser, pure, wait_for
+from conftest import (
+    VIEWER_CAMERA,
+    decoded,
+    ns_train_command,
+    resume_training,
+    running,
+    talk_to_viewer,
+    train_in_process,
+    wait_for_http,
+)
+
+from sync_splat.scene.frames import transform_scene
+from sync_splat.scene.gaussians import GaussianScene
 
 CONTROLS = [
     b"Custom Elements", b"Prompt", b"Guidance scale", b"Apply prompt and guidance", b"Restart sampling",
@@ -22,12 +34,6 @@ CONTROLS = [
 ]  # fmt: skip
 COMPLETE = b"3 / 3 (complete)"  # the step counter's value after the last step
 HEADER = b"Step: 3"  # the viewer's own step, in denoising steps
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def listening_addresses(pid: int, port: int) -> set[str]:
@@ -40,50 +46,6 @@ def listening_addresses(pid: int, port: int) -> set[str]:
     }  # fmt: skip
 
 
-def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(
-                f"ns-train exited ({process.returncode}) before the viewer answered:\n{log.read_text()[-4000:]}"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"the viewer did not answer on {url} within {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-def talk_to_viewer(url: str, wanted: list[bytes], timeout: float) -> tuple[bytes, bytes]:
-    """What the viewer sends a new client until all of `wanted` came (msgpack: labels are plain UTF-8), then what it
-    sends back for a camera pose (a render of the model, as a background image)."""
-    import msgspec
-    from websockets.sync.client import connect
-
-    def receive(websocket, until: list[bytes]) -> bytes:
-        received = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not all(label in received for label in until):
-            try:
-                message = websocket.recv(timeout=1)
-            except TimeoutError:
-                continue
-            received += message if isinstance(message, bytes) else message.encode()
-        return received
-
-    camera = {
-        "type": "ViewerCameraMessage", "wxyz": (1.0, 0.0, 0.0, 0.0), "position": (0.0, 4.6, 30.0), "fov": 0.9,
-        "aspect": 1.0, "look_at": (0.0, 4.6, 0.0), "up_direction": (0.0, 1.0, 0.0),
-    }  # fmt: skip
-    with connect(url, open_timeout=timeout) as websocket:
-        gui = receive(websocket, wanted)
-        websocket.send(msgspec.msgpack.encode(camera))
-        render = receive(websocket, [b"BackgroundImageMessage"])
-    return gui, render
-
-
 @pytest.mark.slow
 def test_viewer_answers_on_localhost_with_the_custom_controls(tmp_path: Path, scene_files: dict[str, Path]) -> None:
     port = free_port()
@@ -93,11 +55,7 @@ def test_viewer_answers_on_localhost_with_the_custom_controls(tmp_path: Path, sc
         "--pipeline.denoiser", "prior", "--pipeline.prompt", "wood", "--pipeline.steps", "3", "--pipeline.views", "3",
         vis="viewer",
     )  # fmt: skip
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, env=subprocess_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
+    with running(command, log) as process:
         wait_for_http(f"http://127.0.0.1:{port}/", process, log, timeout=150)
         gui, render = talk_to_viewer(f"ws://127.0.0.1:{port}", [*CONTROLS, COMPLETE, HEADER], timeout=60)
         for label in [*CONTROLS, COMPLETE, HEADER]:
@@ -106,13 +64,6 @@ def test_viewer_answers_on_localhost_with_the_custom_controls(tmp_path: Path, sc
         assert listening_addresses(process.pid, port) == {"127.0.0.1"}  # not 0.0.0.0: no other interface
         assert (tmp_path / "test" / "sync-splat" / "run" / "restyled.ply").is_file()
         assert "Traceback" not in log.read_text()  # e.g. the viewer's render thread
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the viewer keeps ns-train alive after the last step
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_the_viewer_header_counts_denoising_steps(tmp_path: Path, scene_files: dict[str, Path]) -> None:
@@ -143,14 +94,6 @@ def test_the_viewer_header_counts_denoising_steps(tmp_path: Path, scene_files: d
     assert viewer.pipeline.step_counter.gui_handle.content.endswith("3 / 3 (complete)")
 
 
-def decoded(frame: bytes | str) -> list[dict]:
-    """The viser messages of one websocket frame (msgpack: one message or a list of them)."""
-    import msgspec
-
-    data = msgspec.msgpack.decode(frame if isinstance(frame, bytes) else frame.encode())
-    return [m for m in (data if isinstance(data, list) else [data]) if isinstance(m, dict)]
-
-
 @pytest.mark.slow
 def test_live_view_renders_each_denoising_step_at_full_resolution(tmp_path: Path, scene_files: dict[str, Path]) -> None:
     """Started paused, resumed from the viewer's own button: while sampling, every image the viewer sends is at
@@ -169,19 +112,11 @@ def test_live_view_renders_each_denoising_step_at_full_resolution(tmp_path: Path
         "--pipeline.denoiser", "prior", "--pipeline.prompt", "wood", "--pipeline.steps", str(steps),
         "--pipeline.views", "3", "--start-paused", "True", vis="viewer",
     )  # fmt: skip
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            command, env=subprocess_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    camera = {
-        "type": "ViewerCameraMessage", "wxyz": (1.0, 0.0, 0.0, 0.0), "position": (0.0, 4.6, 30.0), "fov": 0.9,
-        "aspect": 1.0, "look_at": (0.0, 4.6, 0.0), "up_direction": (0.0, 1.0, 0.0),
-    }  # fmt: skip
-    try:
+    with running(command, log) as process:
         wait_for_http(f"http://127.0.0.1:{port}/", process, log, timeout=150)
         sizes, headers, resume, resumed = [], [], None, False
         with connect(f"ws://127.0.0.1:{port}", open_timeout=60) as websocket:
-            websocket.send(msgspec.msgpack.encode(camera))
+            websocket.send(msgspec.msgpack.encode(VIEWER_CAMERA))
             deadline = time.monotonic() + 120
             complete = f"{steps} / {steps} (complete)"
             last_step = f"Step: {steps}"
@@ -208,13 +143,62 @@ def test_live_view_renders_each_denoising_step_at_full_resolution(tmp_path: Path
                     resumed = True
         assert resumed, log.read_text()[-3000:]
         assert any(complete in header for header in headers), headers
-        assert len(sizes) >= 3 and set(sizes) == {(512, 512)}, sizes
+        # The click itself is a control change, which the viewer answers with a lower resolution first; from its
+        # first full-resolution image on, every image is at full resolution.
+        assert (512, 512) in sizes, sizes
+        settled = sizes[sizes.index((512, 512)) :]
+        assert len(settled) >= 3 and set(settled) == {(512, 512)}, sizes
         counted = [int(h.split("Step: ")[1].split()[0]) for h in headers if h.startswith("Step: ")]
         assert counted[-1] == steps and counted == sorted(counted), counted
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+
+
+def page_text(dom: str) -> str:
+    """The text of a page's HTML, tags removed (so `**Denoising step**: 1 / 2` reads `Denoising step: 1 / 2`)."""
+    return re.sub(r"<[^>]+>", "", dom)
+
+
+@needs_browser
+@pytest.mark.slow
+def test_browser_draws_the_live_scene_with_its_controls_and_follows_the_steps(
+    tmp_path: Path, scene_files: dict[str, Path]
+) -> None:
+    """ns-train's viewer in headless Chromium, started paused: the scene draws (the source is painted magenta, which
+    nothing else on the page is), the sampling controls are on the page, and once resumed (the viewer's own button)
+    the page shows the restyled colours after the last step instead of those before the first."""
+    source = GaussianScene.load(scene_files["ply"])
+    # Small enough for the browser's default camera (about 0.5 from the origin) to see all of it.
+    small = transform_scene(source, torch.eye(4)[:3], scale=0.12)
+    magenta = small.with_colors(torch.tensor([[1.0, 0.0, 1.0]]).expand(small.num_gaussians, 3))
+    port, log = free_port(), tmp_path / "ns-train.log"
+    command = ns_train_command(
+        tmp_path, "--viewer.websocket-port", str(port), "--pipeline.source", str(magenta.save(tmp_path / "m.ply")),
+        "--pipeline.denoiser", "prior", "--pipeline.prompt", "wood", "--pipeline.steps", "2", "--pipeline.views", "3",
+        "--start-paused", "True", vis="viewer",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    scene = (slice(60, None), slice(0, 470))  # the viewport, left of the control panel and below the header
+    with running(command, log) as process:
+        wait_for_http(url, process, log, timeout=150)
+
+        def drawn_at(step: str):
+            return lambda image, dom: (
+                f"Denoising step: {step}" in page_text(dom)
+                and (pure(image[scene], "rb").sum() > MIN_PIXELS if step.startswith("0") else True)
+            )
+
+        before, dom = look(url, until=drawn_at("0 / 2"))
+        text = page_text(dom)
+        for control in ("Prompt", "Guidance scale", "Apply prompt and guidance", "Restart sampling",
+                        "Show x0_hat preview", "Denoising step: 0 / 2", "Status: sampling"):  # fmt: skip
+            assert control in text, control
+        assert pure(before[scene], "rb").sum() > MIN_PIXELS  # the scene drew, in the source's colour
+
+        resume_training(url.replace("http", "ws"), timeout=60)
+        restyled = tmp_path / "test" / "sync-splat" / "run" / "restyled.ply"
+        wait_for(restyled.is_file, "the run to complete", timeout=90)
+        after, dom = look(url, until=drawn_at("2 / 2 (complete)"))
+        assert "Denoising step: 2 / 2 (complete)" in page_text(dom)
+        assert pure(after[scene], "rb").sum() < pure(before[scene], "rb").sum() / 4  # magenta gave way to wood
+        changed = np.abs(after[scene].astype(int) - before[scene].astype(int)).max(axis=-1) > 40
+        assert changed.sum() > MIN_PIXELS
+        assert "Traceback" not in log.read_text()

@@ -178,6 +178,29 @@ def test_the_command_line_refuses_in_one_line_and_stops_on_ctrl_c_in_one_line(tm
     assert stdout.strip() == ""
 
 
+def test_a_restyled_scene_shows_its_run_records_cameras_and_views(tmp_path: Path, page_of) -> None:
+    """The run record beside a restyled PLY gives the page its instance frustums with the delivered views; without a
+    record, or with one in another frame, the page shows the scene alone."""
+    import json
+
+    from sync_splat.cli import entrypoint
+
+    source = make_demo_scene().save(tmp_path / "scene.ply")
+    out = tmp_path / "restyled.ply"
+    entrypoint(["restyle", str(source), "--out", str(out), "--steps", "2", "--views", "3"])
+    recorded = InstanceViews.recorded_for(out)
+    assert recorded is not None and recorded.images.shape == (4, 3, 64, 64)  # 3 ring views and the top one
+    record = json.loads((tmp_path / "restyled_run.json").read_text())
+    torch.testing.assert_close(recorded.c2w, torch.tensor(record["cameras"]["c2w"]))
+    assert page_of(out).summary.endswith(", 4 instance views")
+    record["frame"] = {"transform": torch.eye(4)[:3].tolist(), "scale": 2.0}  # a plugin run moved into a dataset
+    (tmp_path / "restyled_run.json").write_text(json.dumps(record))
+    assert InstanceViews.recorded_for(out) is None
+    (tmp_path / "restyled_run.json").unlink()
+    assert InstanceViews.recorded_for(out) is None
+    assert "instance views" not in page_of(out).summary
+
+
 @pytest.mark.slow
 def test_restyle_view_serves_the_result_after_writing_it(tmp_path: Path) -> None:
     source = make_demo_scene().save(tmp_path / "scene.ply")

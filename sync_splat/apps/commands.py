@@ -32,7 +32,7 @@ class RestyleCommand:
     """The restyled .ply to write; must not exist yet. Beside it: a PNG grid of the views (<stem>_views.png) and the
     run record `sync-splat eval` reads (<stem>_run.json, <stem>_delivered.npz)."""
     view: bool = False
-    """Then show the result in the browser (`sync-splat view OUT --before SCENE`, with the views' cameras)."""
+    """Then show the result in the browser (`sync-splat view OUT --before SCENE`, with the run's cameras and views)."""
     preview_size: int = PREVIEW_SIZE
     """Side, in pixels, of each view in the PNG grid (the scenes rendered from the run's cameras); the views the
     sampler works on keep the denoiser's native size (64 for the prior, 512 for SD 1.5)."""
@@ -59,14 +59,9 @@ class RestyleCommand:
             run.save(record_tmp, views_tmp, result.delivered)
         print(f"wrote {self.out}, {grid}, and the run record {record} with {views}")
         if self.view:
-            import torch
+            from sync_splat.apps.view import open_page, serve
 
-            from sync_splat.apps.view import InstanceViews, open_page, serve
-
-            cameras = result.cameras
-            fov_y = 2 * torch.atan(cameras.height / (2 * cameras.Ks[:, 1, 1]))
-            instances = InstanceViews(c2w=cameras.c2w, fov_y=fov_y, images=result.after)
-            serve(open_page(self.out, ViewConfig(before=self.scene), instances=instances))
+            serve(open_page(self.out, ViewConfig(before=self.scene)))  # with the run record's cameras and views
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ A viser server (127.0.0.1 unless the user passes another `--host`) serves one pa
   its six cube faces lie beside it (`panorama --cube-faces`), a "Show" control switches to a cube of them.
   Directions follow docs/conventions.md (longitude 0 along +z, increasing to the right, y up), mirrored into the
   viewer's right-handed frame (x -> -x) so that the panorama reads as a 360-degree viewer shows it.
-- **instance cameras** (when a run's cameras and views are at hand, as after `restyle --view`): one frustum per view,
-  showing the view it produced.
+- **instance cameras**: for a splat scene a sync-splat run wrote (`restyle`, `demo`, `ns-train sync-splat`), one
+  frustum per instance view, showing the view the sampler delivered there, read from the run record beside the
+  scene (`<stem>_run.json` and its views, or `run.json` in its folder).
 
 The scene's up axis is +y (the frame of this project's rigs and panoramas); nerfstudio captures are z-up (`--up +z`).
 viser is imported only inside these functions, so importing `sync_splat` stays light.
@@ -87,6 +88,30 @@ class InstanceViews:
     fov_y: Float[Tensor, " N"]
     images: Float[Tensor, "N 3 H W"]
 
+    @classmethod
+    def recorded_for(cls, scene_path: Path) -> InstanceViews | None:
+        """The instance views of the run that wrote the splat scene `scene_path`, from its run record, or None
+        where there is no readable record of a splat run in the scene's own frame with its delivered views."""
+        from sync_splat.apps.run_record import RunRecord, files_beside, files_in
+
+        for record_path, _ in (files_beside(scene_path), files_in(scene_path.parent)):
+            if record_path.is_file():
+                break
+        else:
+            return None
+        try:
+            record = RunRecord.load(record_path)
+            if record.kind not in ("restyle", "demo", "ns-train") or record.frame is not None:
+                return None
+            images = record.delivered_views()
+        except InputError:
+            return None
+        cameras = record.cameras
+        if images is None or cameras is None:
+            return None
+        fov_y = 2 * torch.atan(cameras.height / (2 * cameras.Ks[:, 1, 1]))
+        return cls(c2w=cameras.c2w, fov_y=fov_y, images=images)
+
 
 @dataclass
 class ViewPage:
@@ -136,6 +161,8 @@ class ViewPage:
 def open_page(path: str | Path, config: ViewConfig = ViewConfig(), instances: InstanceViews | None = None) -> ViewPage:
     """Load PATH, start the server and build its page; returns at once (the server runs in its own threads).
 
+    `instances` are shown as frustums; None shows those of PATH's run record when PATH is a splat scene that has one.
+
     Raises:
         InputError: PATH (or `config.before`) cannot be read or shown, or the server cannot listen on `config.host`.
     """
@@ -145,6 +172,8 @@ def open_page(path: str | Path, config: ViewConfig = ViewConfig(), instances: In
         raise InputError(f"--before {config.before}: source colours apply to splat scenes only, and {path} is a {kind}")
     if kind == "splats":
         content = load_splats(path, config)
+        if instances is None and path.is_file():
+            instances = InstanceViews.recorded_for(path)
     elif kind == "mesh":
         content = load_mesh(path)
     else:
@@ -161,6 +190,7 @@ def open_page(path: str | Path, config: ViewConfig = ViewConfig(), instances: In
         eye, target = content.build(page, config.up)
         if instances is not None:
             _add_frustums(server, instances, content.extent)
+            page.summary += f", {len(instances.c2w)} instance views"
         server.gui.add_markdown(page.summary)
         server.on_client_connect(lambda client: _point_camera(client, eye, target, config.up))
     except BaseException:

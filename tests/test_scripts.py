@@ -11,8 +11,10 @@ from types import ModuleType
 
 import pytest
 import torch
+from tiny_sd import save_tiny_configs
 
-from sync_splat.apps.phases import PHASES
+from sync_splat.apps.phases import PHASES, PhaseReport
+from sync_splat.functional.diffusion import NoiseSchedule
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -46,7 +48,9 @@ def result_values(output: str) -> dict[str, float]:
     return values
 
 
-@pytest.mark.parametrize("name", ["case_study.py", "gpu_smoke.py", "bench_mesh.py", "bench_unproject.py"])
+@pytest.mark.parametrize(
+    "name", ["case_study.py", "gpu_smoke.py", "bench_mesh.py", "bench_unproject.py", "bench_sd.py"]
+)
 def test_script_help(name: str) -> None:
     result = run_script(name, "--help")
     assert result.returncode == 0, result.stderr
@@ -156,3 +160,81 @@ def test_bench_mesh_refuses_a_missing_mesh_in_one_line(tmp_path: Path, capsys, m
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("bench_mesh: error:") and "missing.obj" in error and "\n" not in error
+
+
+def table_row(output: str, label: str, scene: str) -> list[str]:
+    """The cells of the row starting with `label` in `scene`'s table of bench_sd's output."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{scene} ("))
+    row = next(line for line in lines[start:] if line.startswith(f"| {label}"))
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_bench_sd_reduces_and_extrapolates_with_tiny_models(tmp_path: Path, capsys) -> None:
+    """The whole flow on tiny models built from configs: a reduction of 2 views x 2 steps, extrapolated to 4 x 4."""
+    bench = load_script("bench_sd.py")
+    full = replace(bench.BenchSD().restyle, views=3, steps=4)
+    settings = bench.BenchSD(
+        random_weights=True, configs=save_tiny_configs(tmp_path / "configs"), restyle=full, reduce=True,
+        scenes=("demo", str(tmp_path / "missing.ply")),
+    )  # fmt: skip
+    (row,) = settings.main()
+    output = capsys.readouterr().out
+    assert f"skipping {tmp_path / 'missing.ply'}" in output
+    assert (row.views, row.full_views) == (2, 4)
+    # 4 steps from t = 751: 3 synchronised steps (t > 200) and a free one; the reduction has 1 of each.
+    assert row.phases.calls["denoise"] == 2 and row.full_calls["denoise"] == 4
+    assert row.phases.calls["fit"] == 2 and row.full_calls["fit"] == 4  # one g per synchronised step, one at the end
+    full_seconds = row.full_seconds()
+    values = result_values(output)
+    assert set(values) == {"seconds", "peak_gib", "unet_share"}
+    assert values["seconds"] == pytest.approx(full_seconds["total"], rel=1e-3)
+    assert values["unet_share"] == pytest.approx(full_seconds["denoise"] / full_seconds["total"], abs=1e-4)
+    assert 0 < values["unet_share"] < 1 and values["seconds"] > row.phases.total_s
+    assert values["peak_gib"] == pytest.approx(row.phases.total_peak_gib, abs=1e-4)
+    # The denoise row: calls, view passes and seconds measured, then the full view passes and seconds.
+    cells = table_row(output, "denoise", "demo")
+    assert cells[1:3] == ["2", "4"] and cells[5] == "16"
+    assert float(cells[3]) == pytest.approx(row.phases.seconds["denoise"], abs=0.006)
+    assert float(cells[6]) == pytest.approx(full_seconds["denoise"], abs=0.06)
+    assert "UNet + ControlNet rows: 8 measured, 32 at the full setting" in output  # guided: 2 rows per view
+
+
+def test_bench_sd_without_reduction_reports_what_it_measured(tmp_path: Path, capsys) -> None:
+    """The CUDA path (the full setting runs), here on the CPU: every number is the measured one."""
+    bench = load_script("bench_sd.py")
+    full = replace(bench.BenchSD().restyle, views=1, steps=2)
+    settings = bench.BenchSD(random_weights=True, configs=save_tiny_configs(tmp_path / "configs"), restyle=full,
+                             reduce=False, scenes=("demo",))  # fmt: skip
+    (row,) = settings.main()
+    output = capsys.readouterr().out
+    values = result_values(output)
+    assert values["seconds"] == pytest.approx(row.phases.total_s, rel=1e-3)
+    assert values["unet_share"] == pytest.approx(row.phases.seconds["denoise"] / row.phases.total_s, abs=1e-4)
+    assert "measured (the full setting ran)" in output
+
+
+def test_bench_sd_extrapolates_per_view_pass() -> None:
+    bench = load_script("bench_sd.py")
+    measured = PhaseReport(
+        total_s=30.0, seconds={"render": 2.0, "denoise": 8.0, "codec": 6.0, "fit": 4.0},
+        calls={"render": 2, "denoise": 2, "codec": 6, "fit": 2}, peak_gib=dict.fromkeys(PHASES, 1.0),
+        total_peak_gib=1.0, memory="process resident",
+    )  # fmt: skip
+    full_calls = {"render": 24, "denoise": 30, "codec": 70, "fit": 24}
+    seconds = bench.extrapolate(measured, views=2, full_calls=full_calls, full_views=50)
+    # Seconds per view pass (seconds / (calls x 2 views)) times the full view passes (calls x 50 views); the rest
+    # (10 s) per view.
+    expected = {"render": 600.0, "denoise": 3000.0, "codec": 1750.0, "fit": 1200.0, "other": 250.0, "total": 6800.0}
+    assert seconds == pytest.approx(expected)
+    never_fitted = replace(measured, calls={**measured.calls, "fit": 0}, seconds={**measured.seconds, "fit": 0.0})
+    with pytest.raises(ValueError, match="never called fit"):
+        bench.extrapolate(never_fitted, views=2, full_calls=full_calls, full_views=50)
+
+
+def test_bench_sd_counts_the_paper_settings_calls() -> None:
+    """30 steps with the window ending at 0.8: 23 synchronised steps (t > 200), each with one g and one f (f decodes
+    its background and encodes), the run's final g and f, and the decode of the delivered views."""
+    bench = load_script("bench_sd.py")
+    calls = bench.count_calls(bench.BenchSD().restyle, NoiseSchedule.scaled_linear())
+    assert calls == {"render": 24, "denoise": 30, "codec": 3 * 24 + 1, "fit": 24}

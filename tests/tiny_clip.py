@@ -2,7 +2,7 @@
 
 CLIP's two towers at a toy width (32 wide, 2 layers, 16-dimensional embeddings; 32 x 32 images in 8-pixel patches),
 built from config after `torch.manual_seed(0)` and saved as safetensors with the byte-level tokenizer of
-tests/tiny_sd.py and an image processor of the same input size, so the code under test loads it through the same
+`sync_splat.denoisers.random_weights` and an image processor of the same input size, so the code under test loads it through the same
 `from_pretrained` calls as `openai/clip-vit-large-patch14`.
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tiny_sd import tiny_tokenizer
+
+from sync_splat.denoisers.random_weights import byte_tokenizer
 
 
 def save_tiny_clip(folder: str | Path) -> Path:
@@ -19,7 +20,7 @@ def save_tiny_clip(folder: str | Path) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     folder = Path(folder)
-    tokenizer = tiny_tokenizer()
+    tokenizer = byte_tokenizer()
     torch.manual_seed(0)
     text = {
         "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,

@@ -6,8 +6,8 @@ conditioning embedder also downsamples by 8. They are built from config after `t
 build gives the same weights, and saved as safetensors in the layout of a hub repository, so the code under test
 loads them through the same `from_pretrained` calls as real model ids.
 
-The tokenizer is built in memory (one token per byte-level character, no merges) because diffusers' own tiny
-tokenizer needs a download; `model_max_length=77` as SD's.
+The tokenizer is the library's byte-level one built in memory (`random_weights.byte_tokenizer`), because diffusers'
+own tiny tokenizer needs a download; `model_max_length=77` as SD's.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from sync_splat.denoisers.random_weights import byte_tokenizer
 
 
 @dataclass(frozen=True)
@@ -34,16 +36,6 @@ class TinySDPaths:
     controlnet: Path
 
 
-def tiny_tokenizer():
-    """A CLIP tokenizer over the 256 byte-level characters, with SD's 77-token limit."""
-    from transformers import CLIPTokenizer
-
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=[], model_max_length=77)
-
-
 def build_tiny_sd() -> dict:
     """The tiny components, freshly initialised after `torch.manual_seed(0)`.
 
@@ -54,7 +46,7 @@ def build_tiny_sd() -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    tokenizer = tiny_tokenizer()
+    tokenizer = byte_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -151,3 +143,15 @@ def save_tiny_sd(root: str | Path) -> TinySDPaths:
     config["prediction_type"] = "v_prediction"
     scheduler_config.write_text(json.dumps(config, indent=2))
     return paths
+
+
+def save_tiny_configs(folder: str | Path) -> Path:
+    """The tiny models' configs as `random_weights.build_random_models` reads them (unet, vae, text_encoder,
+    controlnet and scheduler `.json` in `folder`, created): the real-size benchmark's flow at a toy size."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = build_tiny_sd()
+    for name in ("unet", "vae", "controlnet", "scheduler"):
+        (folder / f"{name}.json").write_text(parts[name].to_json_string())
+    (folder / "text_encoder.json").write_text(parts["text_encoder"].config.to_json_string())
+    return folder

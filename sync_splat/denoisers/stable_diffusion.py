@@ -17,15 +17,16 @@ view's attention reads the keys of its ring neighbours from the same forward pas
 guidance branch; then all views of a branch go through one pass (both branches when N <= max_batch).
 
 Weights load from safetensors only (`use_safetensors=True`; a local folder holding only pickled `.bin` files is
-refused before anything is read), component by component: no safety checker, no pipeline object. Conventions:
-docs/conventions.md (rgb01 images, latents = VAE mean x scaling factor, channel-first, N views).
+refused before anything is read), component by component: no safety checker, no pipeline object. Models built in
+memory (`StableDiffusionParts`; `random_weights.py` builds SD 1.5 at its real size for timing) skip the loading.
+Conventions: docs/conventions.md (rgb01 images, latents = VAE mean x scaling factor, channel-first, N views).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 import tyro
@@ -52,10 +53,6 @@ from sync_splat.functional.diffusion import NoiseSchedule, eps_from_v, eps_from_
 
 DEFAULT_NEGATIVE_PROMPT = "oversmoothed, blurry, depth of field, out of focus, low quality, bloom, glowing effect."
 """The official SyncTweedies negative prompt for meshes, panoramas and splats."""
-
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_T = TypeVar("_T")
-_WARNINGS_SHOWN: dict[Any, Any] = {}  # the registry of warnings passed on from model loading, so each shows once
 
 
 @dataclass(frozen=True)
@@ -100,9 +97,90 @@ class StableDiffusionDenoiserConfig:
         if len(self.controlnet_scale_schedule) != 2:
             raise InputError("StableDiffusionDenoiserConfig.controlnet_scale_schedule must be (start, end)")
 
-    def setup(self) -> StableDiffusionDenoiser:
-        """Load the models and build the denoiser; raises InputError for missing or pickled weights."""
-        return StableDiffusionDenoiser(self)
+    def setup(self, parts: StableDiffusionParts | None = None) -> StableDiffusionDenoiser:
+        """Load the models (or take `parts`, already built) and build the denoiser; raises InputError for missing or
+        pickled weights."""
+        return StableDiffusionDenoiser(self, parts)
+
+
+@dataclass(frozen=True)
+class StableDiffusionParts:
+    """The models a `StableDiffusionDenoiser` runs: loaded from `model` / `controlnet` by `load_parts`, or built in
+    memory (`random_weights.build_random_models` makes them at their real sizes with random weights)."""
+
+    unet: Any
+    """A diffusers `UNet2DConditionModel`."""
+    vae: Any
+    """A diffusers `AutoencoderKL`."""
+    text_encoder: Any
+    """A transformers `CLIPTextModel`."""
+    tokenizer: Any
+    """A transformers `CLIPTokenizer`."""
+    scheduler_config: dict[str, Any]
+    """The training schedule: a diffusers scheduler config."""
+    controlnet: Any | None
+    """A diffusers `ControlNetModel`, or None for the base model alone."""
+
+
+def load_parts(
+    config: StableDiffusionDenoiserConfig, dtype: torch.dtype, vae_dtype: torch.dtype
+) -> StableDiffusionParts:
+    """The models `config.model` and `config.controlnet` name, loaded from safetensors (module docstring)."""
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    local_only = offline()
+    where, local = locate(config.model, "model", ("unet", "vae", "text_encoder"))
+    common: dict[str, Any] = {"local_files_only": local or local_only}
+    weights: dict[str, Any] = {**common, "use_safetensors": True}
+    scheduler_config = load_part(
+        "model", config.model, local, lambda: DDIMScheduler.load_config(where, subfolder="scheduler", **common)
+    )
+    _check_prediction_type(config.model, scheduler_config)
+    if config.controlnet is not None:
+        # Found (or not) before the base model's weights are read, which takes a while.
+        cn_where, cn_local = locate(config.controlnet, "ControlNet", (".",))
+        cn_common: dict[str, Any] = {"local_files_only": cn_local or local_only}
+        load_part("ControlNet", config.controlnet, cn_local, lambda: ControlNetModel.load_config(cn_where, **cn_common))
+
+    def model_part(cls: Any, subfolder: str, dtype: torch.dtype) -> Any:
+        return load_weights(
+            "model",
+            config.model,
+            local,
+            lambda variant: cls.from_pretrained(
+                where, subfolder=subfolder, torch_dtype=dtype, variant=variant, **weights
+            ),
+            config.variant,
+        )
+
+    unet = model_part(UNet2DConditionModel, "unet", dtype)
+    vae = model_part(AutoencoderKL, "vae", vae_dtype)
+    text_encoder = model_part(CLIPTextModel, "text_encoder", dtype)
+    tokenizer = load_part(
+        "model", config.model, local, lambda: CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", **common)
+    )
+    controlnet = None
+    if config.controlnet is not None:
+        controlnet = load_weights(
+            "ControlNet",
+            config.controlnet,
+            cn_local,
+            lambda variant: ControlNetModel.from_pretrained(
+                cn_where, torch_dtype=dtype, variant=variant, use_safetensors=True, **cn_common
+            ),
+            config.variant,
+        )
+    return StableDiffusionParts(unet, vae, text_encoder, tokenizer, dict(scheduler_config), controlnet)
+
+
+def _check_prediction_type(model: str, scheduler_config: Any) -> None:
+    prediction_type = scheduler_config.get("prediction_type", "epsilon")
+    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise InputError(
+            f"model {model}: scheduler prediction_type {prediction_type!r} is not supported "
+            "(epsilon, v_prediction or sample)"
+        )
 
 
 class StableDiffusionDenoiser:
@@ -123,10 +201,7 @@ class StableDiffusionDenoiser:
         attention: the installed multi-view attention, or None.
     """
 
-    def __init__(self, config: StableDiffusionDenoiserConfig) -> None:
-        from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
+    def __init__(self, config: StableDiffusionDenoiserConfig, parts: StableDiffusionParts | None = None) -> None:
         self.config = config
         self.device, self.dtype = resolve_device_and_dtype(config.device, config.dtype)
         # The VAE stays in float32 under fp16 and bf16. SD's VAE decoder has activations beyond fp16's range at
@@ -134,63 +209,24 @@ class StableDiffusionDenoiser:
         # decodes every step, so half-precision rounding of the codec would accumulate over the trajectory.
         # The VAE is small (84 M parameters) and runs once per view and step, so fp32 costs little.
         self.vae_dtype = torch.float32
-        local_only = offline()
-
-        where, local = locate(config.model, "model", ("unet", "vae", "text_encoder"))
-        common: dict[str, Any] = {"local_files_only": local or local_only}
-        weights: dict[str, Any] = {**common, "use_safetensors": True}
-        scheduler_config = load_part(
-            "model", config.model, local, lambda: DDIMScheduler.load_config(where, subfolder="scheduler", **common)
-        )
-        self.schedule = NoiseSchedule.from_scheduler_config(scheduler_config)
-        self.prediction_type: str = scheduler_config.get("prediction_type", "epsilon")
-        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise InputError(
-                f"model {config.model}: scheduler prediction_type {self.prediction_type!r} is not supported "
-                "(epsilon, v_prediction or sample)"
-            )
-        if config.controlnet is not None:
-            # Found (or not) before the base model's weights are read, which takes a while.
-            cn_where, cn_local = locate(config.controlnet, "ControlNet", (".",))
-            cn_common: dict[str, Any] = {"local_files_only": cn_local or local_only}
-            load_part(
-                "ControlNet", config.controlnet, cn_local, lambda: ControlNetModel.load_config(cn_where, **cn_common)
-            )
-
-        def model_part(cls: Any, subfolder: str, dtype: torch.dtype) -> Any:
-            return load_weights(
-                "model",
-                config.model,
-                local,
-                lambda variant: cls.from_pretrained(
-                    where, subfolder=subfolder, torch_dtype=dtype, variant=variant, **weights
-                ),
-                config.variant,
-            )
-
-        self.unet = model_part(UNet2DConditionModel, "unet", self.dtype)
-        self.vae = model_part(AutoencoderKL, "vae", self.vae_dtype)
-        self.text_encoder = model_part(CLIPTextModel, "text_encoder", self.dtype)
-        self.tokenizer = load_part(
-            "model", config.model, local, lambda: CLIPTokenizer.from_pretrained(where, subfolder="tokenizer", **common)
-        )
+        if parts is None:
+            parts = load_parts(config, self.dtype, self.vae_dtype)
+        else:
+            _check_prediction_type(config.model, parts.scheduler_config)
+        self.schedule = NoiseSchedule.from_scheduler_config(parts.scheduler_config)
+        self.prediction_type: str = parts.scheduler_config.get("prediction_type", "epsilon")
+        self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
+        self.tokenizer, self.controlnet = parts.tokenizer, parts.controlnet
         # transformers 5 builds an empty tokenizer (2 tokens) when the folder has none, instead of failing.
         if len(self.tokenizer) <= 2:
             raise InputError(f"model {config.model} has no usable tokenizer (tokenizer/ is missing or empty)")
-        self.controlnet = None
-        if config.controlnet is not None:
-            self.controlnet = load_weights(
-                "ControlNet",
-                config.controlnet,
-                cn_local,
-                lambda variant: ControlNetModel.from_pretrained(
-                    cn_where, torch_dtype=self.dtype, variant=variant, use_safetensors=True, **cn_common
-                ),
-                config.variant,
-            )
-        for module in (self.unet, self.vae, self.text_encoder, self.controlnet):
-            if module is not None:
-                module.to(self.device).eval().requires_grad_(False)
+        for module, dtype in ((self.unet, self.dtype), (self.vae, self.vae_dtype), (self.text_encoder, self.dtype),
+                              (self.controlnet, self.dtype)):  # fmt: skip
+            if module is None:
+                continue
+            # Loaded models already have their dtype; built ones are cast through torch's own `to`, which diffusers'
+            # override wraps with a warning about float32 modules that SD's models do not have.
+            torch.nn.Module.to(module, device=self.device, dtype=dtype).eval().requires_grad_(False)
 
         self.latent_channels: int = self.unet.config.in_channels
         if self.vae.config.latent_channels != self.latent_channels:

@@ -2,8 +2,8 @@
 
 CLIP's two towers at a toy width (32 wide, 2 layers, 16-dimensional embeddings; 32 x 32 images in 8-pixel patches),
 built from config after `torch.manual_seed(0)` and saved as safetensors with the byte-level tokenizer of
-`sync_splat.denoisers.random_weights` and an image processor of the same input size, so the code under test loads it through the same
-`from_pretrained` calls as `openai/clip-vit-large-patch14`.
+`sync_splat.denoisers.random_weights` and an image processor of the same input size, so the code under test loads
+it through the same `from_pretrained` calls as `openai/clip-vit-large-patch14`.
 """
 
 from __future__ import annotations

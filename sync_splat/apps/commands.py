@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
@@ -31,24 +31,49 @@ class RestyleCommand:
     """The restyled .ply to write; must not exist yet. A PNG grid of the views is written beside it."""
     view: bool = False
     """Then show the result in the browser (`sync-splat view OUT --before SCENE`, with the views' cameras)."""
+    nproc: int = 1
+    """Processes to split the views across on this machine (torch.distributed: gloo on the CPU, NCCL on CUDA, one
+    GPU each); each renders, denoises and fits its own views, and the result is one process's. Under torchrun leave
+    it at 1: torchrun's --nproc-per-node says it."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
+    splits_views: ClassVar[bool] = True  # runs in every process of torchrun or --nproc (sync_splat.cli.run)
+
     def main(self) -> None:
+        import os
+
+        from sync_splat import distributed
         from sync_splat.apps.restyle import restyle
+        from sync_splat.cli import run
         from sync_splat.scene.gaussians import GaussianScene
         from sync_splat.scene.images import write_image_rows
 
         if self.out.suffix.lower() != ".ply":
             raise InputError(f"--out {self.out}: the restyled scene is written as a .ply file")
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.nproc < 1:
+            raise InputError(f"--nproc must be at least 1, got {self.nproc}")
+        if launched > 1 and self.nproc not in (1, launched):
+            raise InputError(f"--nproc {self.nproc} under torchrun's {launched} processes: leave --nproc out")
+        if self.nproc > 1 and launched == 1:
+            status = distributed.launch(self.nproc, run, self)  # each process runs this method again
+            if status:
+                raise SystemExit(status)
+            return
         grid = self.out.with_name(self.out.stem + "_views.png")
-        check_outputs(self.out, grid)
-        source = GaussianScene.load(self.scene)
-        result = restyle(source, self.restyle)
-        with staged_files(self.out, grid) as (ply_tmp, grid_tmp):
-            result.scene.save(ply_tmp)
-            write_image_rows((result.before, result.after), grid_tmp)
-        print(f"wrote {self.out} and {grid}")
-        if self.view:
+        with distributed.process_group(), distributed.rank_errors():
+            writer = distributed.rank() == 0
+            if writer:
+                check_outputs(self.out, grid)
+            source = GaussianScene.load(self.scene)
+            result = restyle(source, self.restyle)
+            distributed.all_succeeded()  # where the views are split: every process got here, or nothing is written
+            if writer:
+                with staged_files(self.out, grid) as (ply_tmp, grid_tmp):
+                    result.scene.save(ply_tmp)
+                    write_image_rows((result.before, result.after), grid_tmp)
+                print(f"wrote {self.out} and {grid}")
+        if self.view and writer:
             import torch
 
             from sync_splat.apps.view import InstanceViews, open_page, serve

@@ -21,10 +21,10 @@ records a process's own error in the group's store; process 0 then says in one l
 from __future__ import annotations
 
 import contextlib
-import datetime
 import multiprocessing
 import os
 import socket
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,8 +36,8 @@ from torch import Tensor
 from sync_splat.errors import INTERRUPTED_EXIT_STATUS, InputError
 
 _FAILURE_KEY = "sync-splat/failure"
-PEER_WAIT = datetime.timedelta(seconds=5)
-"""How long process 0 waits for a failed process's message before saying it stopped without one."""
+PEER_WAIT = 3.0
+"""Seconds process 0 waits for a failed process's message before saying it stopped without one."""
 GRACE_SECONDS = 10.0
 """How long `launch` lets the other processes finish after process 0 ended, before stopping them."""
 
@@ -216,8 +216,11 @@ def _peer_message(world: int) -> str:
     """What process 0 says when a collective failed: the recorded failure, or that a process stopped silently."""
     with contextlib.suppress(Exception):
         store = dist.distributed_c10d._get_default_store()
-        store.set_timeout(PEER_WAIT)
-        return store.get(_FAILURE_KEY).decode()
+        deadline = time.monotonic() + PEER_WAIT
+        while not store.check([_FAILURE_KEY]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if store.check([_FAILURE_KEY]):
+            return store.get(_FAILURE_KEY).decode()
     return f"another of the {world} processes stopped without a message (killed, or out of memory?)"
 
 

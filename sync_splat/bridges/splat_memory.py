@@ -298,7 +298,7 @@ def plan_fit_memory(
         free, what = free_memory(device)
         sharing = processes_per_machine() if device.type == "cpu" else 1
         if free is not None and sharing > 1:
-            free, what = free // sharing, f"1/{sharing} of the {what}, shared by {sharing} processes"
+            free, what = free // sharing, f"{what} / {sharing} processes"
         budget = None if free is None else max(free - DENOISER_RESERVE_BYTES, 0)
         source = f"{what} less {_gb(DENOISER_RESERVE_BYTES)} for the denoiser"
     fitting = [option for option in options if budget is None or option.peak <= budget]

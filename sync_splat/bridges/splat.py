@@ -14,6 +14,8 @@
 - Conditions: normalised inverse expected depth per view (ControlNet depth) and prompt suffixes from each camera's
   direction (`ViewSuffixes`).
 - Export: a standard 3DGS PLY, geometry bit-identical, `f_dc = (c - 0.5) / SH_C0`, `f_rest` zero, written atomically.
+- Processes: given a `shard` (`sync_splat.distributed`), the bridge holds, renders, conditions and fits only that
+  share of the views; the fit adds its sums over the processes, so z is the same on every one.
 
 Dimension letters (docs/conventions.md): N views, G Gaussians, C channels, H W image pixels, h w instance pixels.
 """

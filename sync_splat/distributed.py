@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -224,24 +223,20 @@ def _peer_message(world: int) -> str:
     return f"another of the {world} processes stopped without a message (killed, or out of memory?)"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for the processes' rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def launch(nproc: int, target: Callable[..., None], *args: object) -> int:
     """Run `target(*args)` in `nproc` fresh processes on this machine, set up as torchrun sets up its workers (RANK,
     WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), with the CPU's threads shared among them.
+    As torchrun's agent does, this process hosts the group's store (on a port the system picks, so no other program
+    can take it first) and outlives the processes.
 
     Returns the exit status of the run: process 0's when it failed, else the first other failure's (0: success).
     Ctrl-C reaches every process (they share the terminal); this waits for them and returns 130."""
     context = multiprocessing.get_context("spawn")
-    port = free_port()
+    store = dist.TCPStore("127.0.0.1", 0, world_size=None, is_master=True, wait_for_workers=False)
     threads = max(1, torch.get_num_threads() // nproc)
     processes = [
-        context.Process(target=_run_rank, args=(rank, nproc, port, threads, target, args)) for rank in range(nproc)
+        context.Process(target=_run_rank, args=(rank, nproc, store.port, threads, target, args))
+        for rank in range(nproc)
     ]
     for process in processes:
         process.start()
@@ -265,7 +260,7 @@ def launch(nproc: int, target: Callable[..., None], *args: object) -> int:
 def _run_rank(rank: int, world: int, port: int, threads: int, target: Callable[..., None], args: tuple) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True",  # launch hosts the store
     )  # fmt: skip
     torch.set_num_threads(threads)
     try:

@@ -267,6 +267,8 @@ def _run_rank(rank: int, world: int, port: int, threads: int, target: Callable[.
         target(*args)
     except SystemExit:
         raise
+    except KeyboardInterrupt:  # Ctrl-C before or after the target's own handling
+        raise SystemExit(INTERRUPTED_EXIT_STATUS) from None
     except BaseException:  # a bug that rank_errors let through: its traceback, then a failed exit
         traceback.print_exc()
         raise SystemExit(1) from None

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ns_train_args, train_in_process
 
 from sync_splat import distributed
 from sync_splat.apps.restyle import RestyleConfig
@@ -74,6 +73,8 @@ def test_two_processes_sample_export_and_resume_as_one(scene_files: dict[str, Pa
 def test_several_devices_without_cuda_are_refused_in_one_line(
     scene_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from conftest import ns_train_args, train_in_process  # here: the processes above import this module by name
+
     if torch.cuda.device_count() >= 2:
         pytest.skip("this machine has the CUDA devices nerfstudio's launcher needs")
     args = ["--pipeline.source", str(scene_files["ply"]), "--pipeline.denoiser", "prior", "--machine.num-devices", "2"]

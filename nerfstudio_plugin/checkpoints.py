@@ -21,14 +21,28 @@ from sync_splat.sampler import SamplerState
 
 class SamplerCheckpoints:
     """Checkpoint hooks of the sync-splat pipeline (nerfstudio's `get_extra_state`, `set_extra_state`,
-    `load_pipeline`)."""
+    `load_pipeline`).
+
+    Where the views are split across processes (`sync_splat.distributed`), the state each process samples holds its own
+    views; the checkpointed state holds every view, gathered after each step (process 0 alone saves, so it cannot ask
+    the others then), and a resumed process keeps its views of it. So checkpoints are the same whatever the number of
+    processes, and a run may resume on another number.
+    """
+
+    _saved_state: SamplerState | None = None
+
+    def _set_state(self, state: SamplerState) -> None:
+        """Take `state` as the sampler's, and keep it with every view for checkpoints (a collective where the views
+        are split)."""
+        self._state = state
+        self._saved_state = state.gathered(self._bridge.shard)
 
     def get_extra_state(self) -> dict[str, Any]:
         """The sampler state, the final answer and the live settings (tensors and plain values only, so the
         checkpoint loads with `torch.load(weights_only=True)`)."""
         return {
             "settings": self._sampling_settings(),
-            "sampler_state": None if self._state is None else self._state.to_dict(),
+            "sampler_state": None if self._saved_state is None else self._saved_state.to_dict(),
             "result": self._result,
             "prompt": self._restyle.prompt,
             "guidance_scale": self._restyle.sd.guidance_scale,
@@ -78,7 +92,8 @@ class SamplerCheckpoints:
             for name, value in values.items():
                 if isinstance(value, Tensor) and name != "rng_state":
                     values[name] = value.to(device)
-            self._state = SamplerState.from_dict(values)
+            self._saved_state = SamplerState.from_dict(values)  # every view
+            self._state = self._saved_state.held(None if self._bridge is None else self._bridge.shard)
         result = state["result"]
         self._result = None if result is None else result.to(self.device)
         self.step_counter.value = self._progress()

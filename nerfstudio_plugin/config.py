@@ -11,7 +11,8 @@ this one included, while it is being built.
 
 One trainer iteration is one denoising step; the run ends when sampling is complete and leaves `restyled.ply`
 in the run folder, also after a restart from the viewer. `--max-num-iterations K` stops after K steps;
-`--load-dir <run>/nerfstudio_models` resumes.
+`--load-dir <run>/nerfstudio_models` resumes. `--machine.num-devices N` splits the views across N processes, one per
+CUDA device (nerfstudio's launcher needs CUDA; `sync_splat.distributed`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from nerfstudio_plugin.pipeline import SyncSplatPipelineConfig
+from sync_splat.errors import InputError, one_line_errors
 
 
 @dataclass
@@ -55,7 +57,18 @@ class SyncSplatTrainerConfig(TrainerConfig):
 
     def save_config(self) -> None:
         """Write config.yml so that the run stands on its own: paths are stored absolute (ns-export, ns-viewer and
-        ns-render work from any folder) and nerfstudio's --prompt is stored once, as the pipeline's prompt."""
+        ns-render work from any folder) and nerfstudio's --prompt is stored once, as the pipeline's prompt.
+
+        ns-train calls this before it starts its processes, so a run that nerfstudio's launcher cannot start is refused
+        here, in one line: the launcher starts one process per CUDA device (and asserts that CUDA is there)."""
+        devices = self.machine.num_devices
+        if devices > 1 and torch.cuda.device_count() < devices:
+            with one_line_errors("sync-splat"):
+                raise InputError(
+                    f"--machine.num-devices {devices}: nerfstudio starts one process per CUDA device and torch "
+                    f"finds {torch.cuda.device_count()}; on the CPU, split the views with `sync-splat restyle --nproc "
+                    f"{devices}`"
+                )
         self.output_dir = self.output_dir.expanduser().absolute()
         if self.data is not None:
             self.data = self.data.expanduser().absolute()

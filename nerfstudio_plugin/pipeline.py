@@ -31,17 +31,14 @@ restyle. Once the loop is over the sampling controls are disabled.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import re
 import sys
 import typing
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
+import torch.distributed as dist
 import tyro
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
@@ -52,12 +49,14 @@ from torch import Tensor
 
 from nerfstudio_plugin.checkpoints import SamplerCheckpoints
 from nerfstudio_plugin.datamanager import SyncSplatDatamanagerConfig
+from nerfstudio_plugin.flags import ns_train_flags
 from nerfstudio_plugin.frames import SourceFrame, check_frame, in_nerfstudio_frame, source_transform, suffix_frame
 from nerfstudio_plugin.model import SyncSplatModelConfig
 from nerfstudio_plugin.run_records import RunRecords
 from nerfstudio_plugin.viewer import ViewerReadout, ViewerRefresh
-from sync_splat.apps.restyle import RestyleConfig, orbit_cameras
+from sync_splat.apps.restyle import RestyleConfig, check_splittable, orbit_cameras
 from sync_splat.bridges.splat import GaussianSplatBridge
+from sync_splat.distributed import process_shard, rank
 from sync_splat.errors import InputError, one_line_errors
 from sync_splat.sampler import SamplerState, SyncSampler
 from sync_splat.scene.cameras import Cameras
@@ -146,10 +145,12 @@ class SyncSplatPipeline(SamplerCheckpoints, RunRecords, VanillaPipeline):
         local_rank: int,
         grad_scaler: torch.cuda.amp.GradScaler | None,
     ) -> None:
-        if world_size != 1:
-            raise InputError("sync-splat runs on one device: drop --machine.num-devices")
+        if world_size > 1 and not (dist.is_initialized() and dist.get_world_size() == world_size):
+            raise InputError(f"{world_size} devices but no process group of {world_size}: start the run with ns-train")
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise InputError("--machine.device-type cuda, but torch finds no CUDA device: drop the flag to use the CPU")
+        if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+            torch.cuda.set_device(device)  # nerfstudio's launcher does not: the denoiser's "cuda" means this GPU
         if test_mode == "val":  # training; ns-render and ns-eval read a trained run and set some settings themselves
             config.model.check_settings()
         if config.source is None:
@@ -182,7 +183,7 @@ class SyncSplatPipeline(SamplerCheckpoints, RunRecords, VanillaPipeline):
             self._orbit = self._orbit_rig()
             self.datamanager = config.datamanager.setup(**setup, scene=self._source, cameras=self._orbit)
         self.datamanager.to(device)
-        if test_mode == "val":
+        if test_mode == "val" and rank() == 0:
             CONSOLE.print(f"sync-splat: up is {self._up.describe()}; set it with --pipeline.up")
         self._model = config.model.setup(
             scene_box=self.datamanager.train_dataset.scene_box,
@@ -206,11 +207,12 @@ class SyncSplatPipeline(SamplerCheckpoints, RunRecords, VanillaPipeline):
         self._stopped_trainer = False  # whether this pipeline told the trainer to stop (a restart takes it back)
         if self._denoiser is not None:
             self._build_sampler(device)
-            self._state = self._sampler.init(self._generator())
+            self._set_state(self._sampler.init(self._generator()))
 
-        # The controls; a run that only shows a result (ns-viewer, ns-render) samples nothing, so they are disabled.
-        sampling = self._sampler is not None
-        only_here = "" if sampling else " (sampling runs in ns-train only)"
+        # The controls; a run that only shows a result (ns-viewer, ns-render) samples nothing, so they are disabled, and
+        # so are they where the views are split across processes (the viewer talks to process 0 alone).
+        sampling = self._sampler is not None and not self._bridge.shard.sharded
+        only_here = "" if sampling else " (sampling runs in ns-train only, in one process)"
         self.prompt = ViewerText("Prompt", self._restyle.prompt, disabled=not sampling,
                                  hint="Text prompt; press Apply to use it from the next step" + only_here)  # fmt: skip
         self.guidance_scale = ViewerNumber(
@@ -229,7 +231,7 @@ class SyncSplatPipeline(SamplerCheckpoints, RunRecords, VanillaPipeline):
             hint="On: the Tweedie estimate of the final colours; off: the current (noisy) sample" + only_here,
         )  # fmt: skip
         self.step_counter = ViewerReadout("Denoising step", self._progress())
-        self.status = ViewerReadout("Status", "sampling" if sampling else "showing the run's colours")
+        self.status = ViewerReadout("Status", "sampling" if self._sampler is not None else "showing the run's colours")
         self._refresh_viewer = ViewerRefresh()
 
     # ---- construction ---------------------------------------------------------------------------------------
@@ -292,8 +294,10 @@ class SyncSplatPipeline(SamplerCheckpoints, RunRecords, VanillaPipeline):
         assert self._denoiser is not None
         cameras = self._instance_cameras()
         fit = suffix_frame(cameras, self._source, self._restyle.fit, self._up, orbit=cameras is self._orbit)
-        self._bridge = fit.setup(self._start_timing(device), self._source.to(device), cameras.to(device))
-        CONSOLE.print(f"sync-splat: {self._bridge.memory_plan.summary()}", soft_wrap=True)
+        shard = check_splittable(self._denoiser, process_shard(len(cameras)))
+        self._bridge = fit.setup(self._start_timing(device), self._source.to(device), cameras.to(device), shard)
+        if shard.rank == 0:
+            CONSOLE.print(f"sync-splat: {self._bridge.memory_plan.summary()}", soft_wrap=True)
         self._sampler = self._timed_sampler(self._denoiser, self._restyle)
 
     def _generator(self) -> torch.Generator:
@@ -321,7 +325,7 @@ class SyncSplatPipeline(SamplerCheckpoints, RunRecords, VanillaPipeline):
             raise RuntimeError("this pipeline was built to show a run (ns-viewer, ns-export), not to sample")
         if not self.complete and (self._stop_at is None or self.steps_taken < self._stop_at):
             # The viewer's x0_hat preview asks the sampler for g where the step would not otherwise run it.
-            self._state = self._sampler.step(self._state, preview=bool(self.show_preview.value))
+            self._set_state(self._sampler.step(self._state, preview=bool(self.show_preview.value)))
             if self._state.step_index == self._sampler.num_steps:
                 finished = self._sampler.finish(self._state)
                 self._result, self._instances = finished.z, finished.instances
@@ -363,7 +367,7 @@ class SyncSplatPipeline(SamplerCheckpoints, RunRecords, VanillaPipeline):
         if self._trainer is not None and self._trainer.training_state == "completed":
             CONSOLE.print("sync-splat: this run has ended; start a new ns-train run to sample again")
             return
-        self._state = self._sampler.init(self._generator())
+        self._set_state(self._sampler.init(self._generator()))
         self._result = None
         self._exported = None
         if self._stopped_trainer and self._trainer is not None:  # the run had just completed: it goes on
@@ -464,31 +468,17 @@ class SyncSplatPipeline(SamplerCheckpoints, RunRecords, VanillaPipeline):
         ]
 
     def export_restyled(self) -> Path:
-        """Write `restyled.ply` into the run folder atomically (standard 3DGS PLY, the geometry bit for bit)."""
+        """Write `restyled.ply` into the run folder atomically (standard 3DGS PLY, the geometry bit for bit); every
+        process takes part where the views are split, and process 0 writes."""
         if self._result is None or self._bridge is None or self._run_dir is None:
             raise RuntimeError("export_restyled needs a complete sampling and the trainer's run folder")
         # The restyled colours on the source's own geometry, in its own frame (moved into the dataset's or not).
         sh = self._bridge.restyled_scene(self._result).sh.to(self._original.sh)
         restyled = replace(self._original, sh=sh[:, :1] if self._restyle.compact_ply else sh)
-        self._exported = restyled.save(self._run_dir / RESTYLED_PLY)
-        CONSOLE.print(f"sync-splat: wrote {self._exported}")
-        self._write_run_record()
+        self._exported = self._run_dir / RESTYLED_PLY
+        delivered = self._delivered_views()  # every process takes part: the views are gathered from all of them
+        if self._bridge.shard.rank == 0:
+            restyled.save(self._exported)
+            CONSOLE.print(f"sync-splat: wrote {self._exported}")
+            self._write_run_record(delivered)
         return self._exported
-
-
-_RESTYLE_FLAG = re.compile(
-    r"(?<![\w.-])--(?=(?:"
-    + "|".join(f.name.replace("_", "-") for f in dataclasses.fields(RestyleConfig))
-    + r")(?![\w-]))"
-)
-"""A flag of the restyle settings as `sync-splat restyle` names it (`--denoiser`, `--sd.model`, ...)."""
-
-
-@contextlib.contextmanager
-def ns_train_flags() -> Iterator[None]:
-    """Rename, in an `InputError` raised inside, the restyle settings' flags to what `ns-train sync-splat` calls them
-    (`--denoiser prior` -> `--pipeline.denoiser prior`): the shared settings word their hints for `sync-splat`."""
-    try:
-        yield
-    except InputError as error:
-        raise InputError(_RESTYLE_FLAG.sub("--pipeline.", str(error))) from None

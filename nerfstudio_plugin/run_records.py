@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
 
 from sync_splat.apps.phases import BRIDGE_PHASES, DENOISER_PHASES, PhaseTimer, Timed
 from sync_splat.apps.restyle import RestyleConfig
@@ -38,17 +39,23 @@ class RunRecords:
         """Before any step: the record's files can be written into the run folder (a finished run replaces its own)."""
         check_outputs(*(path for path in files_in(self._run_dir) if not path.exists()), flag="--output-dir")
 
-    def _write_run_record(self) -> None:
-        """Write `run.json` (and `delivered.npz` when this process finished the sampling) into the run folder, together,
+    def _delivered_views(self) -> Tensor | None:
+        """The decoded views the instance processes ended with, every view's (gathered from every process where the
+        views are split: each process calls this), or None when this run did not sample them (a resumed finished
+        run)."""
+        if self._instances is None or self._denoiser is None:
+            return None
+        decoded = Timed(self._denoiser, self._timer, DENOISER_PHASES).decode(self._instances).float().clamp(0, 1)
+        return self._bridge.shard.gather(decoded)
+
+    def _write_run_record(self, delivered: Tensor | None) -> None:
+        """Write `run.json` (and `delivered.npz` with `delivered`, every view's) into the run folder, together,
         replacing those of an earlier export of this run (a restart after completion)."""
         record_path, views_path = files_in(self._run_dir)
-        delivered = None
-        if self._instances is not None and self._denoiser is not None:
-            delivered = Timed(self._denoiser, self._timer, DENOISER_PHASES).decode(self._instances).float().clamp(0, 1)
         data = self.config.datamanager.data
         record = RunRecord(
             kind="ns-train", settings=sampling_settings(self._restyle, self._restyle.views),
-            source=str(self.config.source), cameras=self._bridge.cameras, phases=self._timer.report().to_dict(),
+            source=str(self.config.source), cameras=self._instance_cameras(), phases=self._timer.report().to_dict(),
             delivered=None if delivered is None else views_path.name, up=self._up.up, frame=self._frame,
             dataset=None if data is None else str(data),
         )  # fmt: skip

@@ -22,13 +22,22 @@ antialiased rendering for the donut, and the pixel-space codec of the exact prio
    weights sampled on three views, as generated (the grid leaves much of each view empty) and for a capture that covers
    every pixel at the same weights per covered pixel; seconds per step scaled from part 2's largest scene by the
    number of weights (all marked ~): nothing of that size runs here.
+4. Processes (`--split`: a scene, views and size): the views split across two gloo processes of one torch thread each
+   (`sync_splat.distributed`, as `sync-splat restyle --nproc 2` runs them) against one process of one thread (each
+   process has a core of its own) and of `--threads` threads (the same cores in all). Timed: setting up the bridge
+   (compositing each process's views into its stored weights), the render-and-fit part of a warm step (the stored
+   fit of part 1's drifting views, warm-started, then the render of its answer over them; the fastest of the warm
+   steps, each timed from a common start to the end of the slowest process), and one product `A p` of the
+   matrix-free fit (a composite of every view, summed over the processes). |dz|: the largest colour difference of
+   the last fit from one process's.
 
 The last line is `RESULT peak_gb_per_proc_1M_50v_512=<x> fit_s_per_step_1M=<x> two_proc_speedup=<x>
 psnr_delta_db=<x>`: the predicted peak and the extrapolated step seconds of the storage "auto" picks under 8 GiB for
-fully covered views, nan for the two-process speedup (views are not yet sharded across processes), and the largest
-|delta| of part 1.
+fully covered views, part 4's speedup of the render-and-fit step with two processes over one (one thread each), and
+the largest |delta| of part 1.
 
     python scripts/bench_scale.py [--gaussians 100000 300000] [--views 8] [--sizes 128] [--threads 2]
+        [--split 100000 8 256]
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from bench_unproject import orbit_views
 from shared_fixtures import require_fixture
 from torch import Tensor
 
+from sync_splat import distributed
 from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
 from sync_splat.bridges.splat_memory import STORAGES, plan_fit_memory, predict_fit_memory, sample_weights
 from sync_splat.denoisers.prior import GaussianTexturePrior
@@ -231,6 +241,57 @@ def in_fresh_process(run: ScaleRun) -> ScaleOutcome:
 
 
 @dataclass(frozen=True)
+class SplitRun:
+    """Part 4's configuration: the scene, its views and size, the steps, the views to fit, and where results go."""
+
+    scene: str
+    views: int
+    size: int
+    steps: int
+    targets: Path
+    folder: Path
+
+
+def split_run(run: SplitRun, threads: int) -> None:
+    """In every process of the group (or alone): time the setup, the warm steps and a matrix-free product over this
+    process's views; process 0 saves the seconds and the last fit's colours as `<processes>x<threads>.pt`."""
+    torch.set_num_threads(threads)
+    warnings.simplefilter("ignore")
+    with distributed.process_group():
+        scene, antialiased = scene_named(run.scene)
+        cameras = orbit_views(scene, run.views, run.size)
+        shard = distributed.process_shard(len(cameras))
+        codec = GaussianTexturePrior.from_prompt("marble", native_size=run.size)
+        targets = torch.load(run.targets)
+        seconds: dict[str, float] = {}
+        for storage in ("stored", "matrix_free"):
+            config = SplatBridgeConfig(storage=storage, antialiased=antialiased, memory_budget_gb=PLENTY_GB)
+            distributed.all_succeeded()  # a common start
+            begin = time.perf_counter()
+            bridge = config.setup(codec, scene, cameras, shard)
+            distributed.all_succeeded()  # the slowest process ends it
+            seconds[f"{storage}_setup_s"] = time.perf_counter() - begin
+            z, steps = torch.full((scene.num_gaussians, 3), 0.5), []
+            for step in range(run.steps if storage == "stored" else 1):
+                x = codec.encode(shard.local(targets[step]))
+                distributed.all_succeeded()
+                begin = time.perf_counter()
+                if storage == "stored":
+                    z = bridge.fit(x, previous=z if step else None).z
+                    bridge.project(z, background=x)
+                else:
+                    shard.sum(bridge.linear_system("image").apply(z))
+                distributed.all_succeeded()
+                steps.append(time.perf_counter() - begin)
+            seconds[f"{storage}_s"] = min(steps[1:] or steps)  # the fastest warm step
+            if storage == "stored":
+                answer = z
+            del bridge
+        if distributed.rank() == 0:
+            torch.save({"seconds": seconds, "z": answer}, run.folder / f"{shard.world}x{threads}.pt")
+
+
+@dataclass(frozen=True)
 class BenchScale:
     """Memory and time of the stored, compact and matrix-free splat fits, and their PSNR against the stored fit."""
 
@@ -252,18 +313,23 @@ class BenchScale:
     """torch CPU threads, here and in every process of part 2."""
     storages: tuple[str, ...] = field(default_factory=lambda: tuple(STORAGES))
     """Storages to compare (stored is the reference)."""
+    split: tuple[str, int, int] = ("100000", 8, 256)
+    """Part 4: the scene (as `gaussians` names them), the views and their side, split across two processes."""
+    parts: tuple[int, ...] = (1, 2, 3, 4)
+    """The parts to run (the RESULT keys of the others are nan)."""
 
     def main(self) -> None:
         torch.set_num_threads(self.threads)
         print(
             f"torch threads: {self.threads}; fits at the product's defaults; ~ marks extrapolated numbers", flush=True
         )
-        deltas = self.quality()
-        outcomes = self.scale()
-        peak_gb, step_s = self.extrapolate(outcomes)
+        deltas = self.quality() if 1 in self.parts else []
+        outcomes = self.scale() if 2 in self.parts else []
+        peak_gb, step_s = self.extrapolate(outcomes) if 3 in self.parts else (math.nan, math.nan)
+        speedup = self.processes() if 4 in self.parts else math.nan
         worst = max((abs(delta) for delta in deltas), default=math.nan)
         print(f"RESULT peak_gb_per_proc_1M_50v_512={peak_gb:.3f} fit_s_per_step_1M={step_s:.1f} "
-              f"two_proc_speedup=nan psnr_delta_db={worst:.4f}")  # fmt: skip
+              f"two_proc_speedup={speedup:.3f} psnr_delta_db={worst:.4f}")  # fmt: skip
 
     def quality(self) -> list[float]:
         """Part 1: PSNR of each storage's fits against the stored fit's; returns the deltas."""
@@ -378,6 +444,35 @@ class BenchScale:
                     chosen, answer = None, (math.nan, math.nan)
             print(f"| {label} | | auto under {GOAL_GB:g} GiB: {chosen or 'nothing fits'} | | | | | | |")
         return answer
+
+    def processes(self) -> float:
+        """Part 4: one process (one thread, then `threads`) against two of one thread each; returns the speedup of the
+        render-and-fit step with two processes over one, one thread each."""
+        name, views, size = self.split
+        scene, antialiased = scene_named(name)
+        cameras = orbit_views(scene, views, size)
+        with tempfile.TemporaryDirectory() as folder:
+            run = SplitRun(name, views, size, self.steps, Path(folder) / "targets.pt", Path(folder))
+            torch.save(drifting_targets(scene, cameras, antialiased, self.steps, seed=0), run.targets)
+            runs = [(1, 1), (1, self.threads), (2, 1)]
+            for processes, threads in runs:
+                if distributed.launch(processes, split_run, run, threads):
+                    raise InputError(f"part 4: the run of {processes} processes failed (its message is above)")
+                print(f"  processes: {processes} x {threads} threads done", flush=True)
+            results = {run_: torch.load(Path(folder) / f"{run_[0]}x{run_[1]}.pt") for run_ in runs}
+        base = results[(1, 1)]
+        print(f"\nPart 4, processes: {scene.num_gaussians:,} Gaussians, {views} views of {size} x {size}, the views "
+              "split across processes (gloo); speedups against one process of one thread")  # fmt: skip
+        print("| processes x threads | stored setup s | render-and-fit step s | speedup | matrix-free setup s | "
+              "A p s | speedup | max abs dz |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for (processes, threads), result in results.items():
+            s, b = result["seconds"], base["seconds"]
+            dz = float((result["z"] - base["z"]).abs().max())
+            print(f"| {processes} x {threads} | {s['stored_setup_s']:.1f} | {s['stored_s']:.3f} | "
+                  f"{b['stored_s'] / s['stored_s']:.2f}x | {s['matrix_free_setup_s']:.1f} | {s['matrix_free_s']:.2f} | "
+                  f"{b['matrix_free_s'] / s['matrix_free_s']:.2f}x | {dz:.1e} |")  # fmt: skip
+        return base["seconds"]["stored_s"] / results[(2, 1)]["seconds"]["stored_s"]
 
     @staticmethod
     def _step_seconds(outcomes: list[ScaleOutcome], storage: str, weights: float) -> float:

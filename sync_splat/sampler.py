@@ -20,12 +20,16 @@ Instance pixels the canonical space does not cover keep their own value: f is al
 own tensor as background. Synchronisation runs while `t > (1 - sync_until) * T`; afterwards every view steps on its
 own (a canonical state is first projected into the views). State is explicit: `init` returns a `SamplerState` and
 `step` returns the next one, so a trainer can run one step per iteration and checkpoint the state in between.
+
+Views split across processes (`sync_splat.distributed`): a bridge with a `shard` holds some of the views, and so do
+the states' view stacks; z is whole on every process. Noise per view is drawn for every view of the rig and cut to
+the process's own, so every process's generator stays in step and the run draws what one process would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -33,6 +37,7 @@ from torch import Tensor
 
 from sync_splat.bridges.base import Bridge
 from sync_splat.denoisers.base import Denoiser
+from sync_splat.distributed import ViewShard
 from sync_splat.errors import InputError
 from sync_splat.functional.diffusion import ddim_step, ddpm_step, tweedie
 
@@ -132,6 +137,28 @@ class SamplerState:
     def from_dict(cls, values: dict[str, object]) -> SamplerState:
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
+    def gathered(self, shard: ViewShard | None) -> SamplerState:
+        """This state with its view stacks (`x_t`, `x0_hat`) over every view of the rig, on every process, from each
+        process's own views (a collective where `shard` is split across processes; the state itself otherwise): what a
+        checkpoint holds, whatever the process count."""
+        if shard is None or not shard.sharded:
+            return self
+        return replace(self, **{name: _views(getattr(self, name), shard.gather) for name in _VIEW_STACKS})
+
+    def held(self, shard: ViewShard | None) -> SamplerState:
+        """This state, whose view stacks hold every view of the rig (a checkpoint's), cut to the views `shard` holds."""
+        if shard is None or not shard.sharded:
+            return self
+        return replace(self, **{name: _views(getattr(self, name), shard.local) for name in _VIEW_STACKS})
+
+
+_VIEW_STACKS = ("x_t", "x0_hat")
+"""The fields of `SamplerState` stacked over views (the others are canonical, or counters)."""
+
+
+def _views(stack: Tensor | None, change: Callable[[Tensor], Tensor]) -> Tensor | None:
+    return None if stack is None else change(stack)
+
 
 @dataclass(frozen=True)
 class SamplerResult:
@@ -164,6 +191,7 @@ class SyncSampler:
         self.denoiser = denoiser
         self.bridge = bridge
         self.config = config
+        self.shard: ViewShard | None = getattr(bridge, "shard", None)
         self.timesteps: list[int] = denoiser.schedule.timesteps(config.num_steps).tolist()
         self.conditions = bridge.conditions()
 
@@ -190,7 +218,7 @@ class SyncSampler:
         z_T, x_T = self.bridge.initial_noise(generator)
         canonical = self.config.state_space == "canonical"
         if not (canonical or self.config.consistent_noise):
-            x_T = _randn_like(x_T, generator)
+            x_T = _randn_like(x_T, generator, self.shard)
         return SamplerState(
             step_index=0,
             x_t=x_T,
@@ -215,11 +243,11 @@ class SyncSampler:
         alpha_bar = schedule.alpha_bar(t)
         alpha_bar_prev = schedule.alpha_bar(t_prev, final=1.0 if self.config.method == "ddpm" else None)
 
-        def reverse(x_t: Tensor, x0_hat: Tensor) -> Tensor:
+        def reverse(x_t: Tensor, x0_hat: Tensor, views: ViewShard | None = self.shard) -> Tensor:
             if self.config.method == "ddpm":
-                noise = _randn_like(x_t, generator) if alpha_bar_prev < 1.0 else None
+                noise = _randn_like(x_t, generator, views) if alpha_bar_prev < 1.0 else None
                 return ddpm_step(x_t, x0_hat, alpha_bar, alpha_bar_prev, noise)
-            noise = _randn_like(x_t, generator) if self.config.eta > 0.0 else None
+            noise = _randn_like(x_t, generator, views) if self.config.eta > 0.0 else None
             return ddim_step(x_t, x0_hat, alpha_bar, alpha_bar_prev, self.config.eta, noise)
 
         f, g = self.bridge.project, self.bridge.unproject
@@ -241,7 +269,7 @@ class SyncSampler:
                 z0_hat = tweedie(z_t, g(eps_hat), alpha_bar)
             else:
                 z0_hat = g(x0_hat, previous=state.z0_hat)
-            z_prev = reverse(z_t, z0_hat)
+            z_prev = reverse(z_t, z0_hat, views=None)  # z is whole on every process
             # Uncovered pixels go on with their own process; covered ones are re-rendered from z next step.
             x_prev = reverse(x_t, x0_hat)
             x0_hat = f(z0_hat, background=x0_hat)
@@ -289,6 +317,10 @@ class SyncSampler:
         return self.finish(state)
 
 
-def _randn_like(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Standard normal noise shaped like x, drawn on the CPU generator so runs are reproducible on any device."""
-    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+def _randn_like(x: Tensor, generator: torch.Generator, views: ViewShard | None = None) -> Tensor:
+    """Standard normal noise shaped like x, drawn on the CPU generator so runs are reproducible on any device; for a
+    stack of `views` split across processes, drawn for every view and cut to this process's."""
+    if views is None or not views.sharded:
+        return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+    every_view = torch.randn((views.total, *x.shape[1:]), generator=generator, dtype=torch.float32)
+    return views.local(every_view).to(device=x.device, dtype=x.dtype)

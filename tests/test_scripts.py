@@ -3,6 +3,7 @@ sizes and print RESULT lines whose values make sense."""
 
 import importlib.util
 import math
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -49,7 +50,7 @@ def result_values(output: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize(
-    "name", ["case_study.py", "gpu_smoke.py", "bench_mesh.py", "bench_unproject.py", "bench_sd.py"]
+    "name", ["case_study.py", "gpu_smoke.py", "bench_mesh.py", "bench_unproject.py", "bench_sd.py", "bench_scale.py"]
 )
 def test_script_help(name: str) -> None:
     result = run_script(name, "--help")
@@ -116,6 +117,26 @@ def test_bench_unproject_runs_at_a_tiny_size(capsys) -> None:
     assert comparison.e2e_scale == 5
     # The rasterising baseline is the same fit as the one on the weights.
     assert comparison.renderer_check < 1e-3
+
+
+@pytest.mark.slow
+def test_bench_scale_times_views_split_across_two_processes(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_script("bench_scale.py")
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # its processes import the script by name
+    bench.BenchScale(split=("demo", 4, 16), steps=2, parts=(4,)).main()
+    out = capsys.readouterr().out
+    values = result_values(out)
+    assert values["two_proc_speedup"] > 0 and math.isfinite(values["two_proc_speedup"])
+    assert all(math.isnan(values[key]) for key in values if key != "two_proc_speedup")  # parts 1 to 3 did not run
+    rows = {
+        cells[0]: cells[1:]
+        for line in out.splitlines()
+        if re.match(r"\| \d x \d+ \|", line)
+        for cells in [[cell.strip() for cell in line.strip("|").split("|")]]
+    }
+    assert list(rows) == ["1 x 1", "1 x 2", "2 x 1"]
+    assert [rows["1 x 1"][i] for i in (2, 5, 6)] == ["1.00x", "1.00x", "0.0e+00"]  # speedups and |dz| against itself
+    assert float(rows["2 x 1"][6]) < 1e-4  # two processes fit the colours of one
 
 
 def test_bench_unproject_layouts_are_the_weights_per_view() -> None:

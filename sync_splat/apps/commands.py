@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
@@ -36,29 +36,54 @@ class RestyleCommand:
     preview_size: int = PREVIEW_SIZE
     """Side, in pixels, of each view in the PNG grid (the scenes rendered from the run's cameras); the views the
     sampler works on keep the denoiser's native size (64 for the prior, 512 for SD 1.5)."""
+    nproc: int = 1
+    """Processes to split the views across on this machine (torch.distributed: gloo on the CPU, NCCL on CUDA, one
+    GPU each); each renders, denoises and fits its own views, and the result is one process's. Under torchrun leave
+    it at 1: torchrun's --nproc-per-node says it."""
     restyle: Annotated[RestyleConfig, tyro.conf.arg(name="")] = field(default_factory=RestyleConfig)
 
+    splits_views: ClassVar[bool] = True  # runs in every process of torchrun or --nproc (sync_splat.cli.run)
+
     def main(self) -> None:
+        import os
+
+        from sync_splat import distributed
         from sync_splat.apps.restyle import preview_views, restyle
         from sync_splat.apps.run_record import files_beside, splat_record
+        from sync_splat.cli import run
         from sync_splat.scene.gaussians import GaussianScene
         from sync_splat.scene.images import write_image_rows
 
         if self.out.suffix.lower() != ".ply":
             raise InputError(f"--out {self.out}: the restyled scene is written as a .ply file")
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.nproc < 1:
+            raise InputError(f"--nproc must be at least 1, got {self.nproc}")
+        if launched > 1 and self.nproc not in (1, launched):
+            raise InputError(f"--nproc {self.nproc} under torchrun's {launched} processes: leave --nproc out")
+        if self.nproc > 1 and launched == 1:
+            status = distributed.launch(self.nproc, run, self)  # each process runs this method again
+            if status:
+                raise SystemExit(status)
+            return
         grid = self.out.with_name(self.out.stem + "_views.png")
         record, views = files_beside(self.out)
-        check_outputs(self.out, grid, record, views)
-        source = GaussianScene.load(self.scene)
-        result = restyle(source, self.restyle)
-        rows = preview_views(source, result.scene, result.cameras, self.preview_size)
-        with staged_files(self.out, grid, record, views) as (ply_tmp, grid_tmp, record_tmp, views_tmp):
-            result.scene.save(ply_tmp)
-            write_image_rows(rows, grid_tmp)
-            run = splat_record("restyle", result, self.restyle, self.scene, views)
-            run.save(record_tmp, views_tmp, result.delivered)
-        print(f"wrote {self.out}, {grid}, and the run record {record} with {views}")
-        if self.view:
+        with distributed.process_group(), distributed.rank_errors():
+            writer = distributed.rank() == 0
+            if writer:
+                check_outputs(self.out, grid, record, views)
+            source = GaussianScene.load(self.scene)
+            result = restyle(source, self.restyle)
+            distributed.all_succeeded()  # where the views are split: every process got here, or nothing is written
+            if writer:
+                rows = preview_views(source, result.scene, result.cameras, self.preview_size)
+                with staged_files(self.out, grid, record, views) as (ply_tmp, grid_tmp, record_tmp, views_tmp):
+                    result.scene.save(ply_tmp)
+                    write_image_rows(rows, grid_tmp)
+                    run_record = splat_record("restyle", result, self.restyle, self.scene, views)
+                    run_record.save(record_tmp, views_tmp, result.delivered)
+                print(f"wrote {self.out}, {grid}, and the run record {record} with {views}")
+        if self.view and writer:
             from sync_splat.apps.view import open_page, serve
 
             serve(open_page(self.out, ViewConfig(before=self.scene)))  # with the run record's cameras and views

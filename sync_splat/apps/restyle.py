@@ -4,6 +4,10 @@ It builds the denoiser (the exact prior on CPU, or Stable Diffusion + ControlNet
 scene's bounding sphere sized for the model (refusing a scene that none of its views sees), the splat bridge and the
 sampler; runs every step with a progress bar; and returns the restyled scene with the views before and after, which
 `sync_splat.apps.commands` writes as a PLY and a PNG grid (and a turntable GIF for the demo).
+
+In a process group (`torchrun`, `sync-splat restyle --nproc`; `sync_splat.distributed`) every process runs `restyle`:
+each renders, denoises and fits its own share of the views, the fit's sums are added over the processes, and each
+returns the same result (only process 0 shows progress; the caller writes on process 0).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sync_splat.apps.settings import SamplingSettings
 from sync_splat.bridges.splat import SplatBridgeConfig
 from sync_splat.denoisers.base import Denoiser
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
+from sync_splat.distributed import ViewShard, process_shard
 from sync_splat.errors import InputError
 from sync_splat.render.gaussians import render_gaussians
 from sync_splat.sampler import SyncSampler
@@ -158,6 +163,17 @@ def check_seen(scene: GaussianScene, alpha: Float[Tensor, "N 1 H W"]) -> None:
     )
 
 
+def check_splittable(denoiser: Denoiser, shard: ViewShard) -> ViewShard:
+    """`shard`, once it is clear that `denoiser` treats each view on its own, as splitting the views across
+    processes needs (Stable Diffusion's multi-view attention couples them)."""
+    if shard.sharded and getattr(denoiser, "attention", None) is not None:
+        raise InputError(
+            "--sd.multiview-attention couples every view in one forward pass, so the views cannot be split across "
+            f"{shard.world} processes: run one process, or drop the multi-view attention"
+        )
+    return shard
+
+
 def restyle(
     scene: GaussianScene,
     config: RestyleConfig,
@@ -175,7 +191,7 @@ def restyle(
 
     Raises:
         InputError: the settings cannot run with this denoiser, or no view of the rig sees the scene (checked before
-            the bridge and the sampler are built).
+            the bridge and the sampler are built), or the views cannot be split across the processes of the group.
     """
     if denoiser is None:
         denoiser = config.build_denoiser()
@@ -186,12 +202,14 @@ def restyle(
     up = estimate_up(scene, scene.source, override=config.up)
     rig = orbit_cameras(scene, config.views, denoiser.native_size, config.fov_deg)
     cameras = stand_on(rig, scene.bounding_sphere(trim=TRIM)[0], up)
+    shard = check_splittable(denoiser, process_shard(len(cameras)))
+    show_progress = show_progress and shard.rank == 0
     before, alpha = render_rgba(scene, cameras, background=1.0)
     check_seen(scene, alpha)
     fit = config.fit
     if (fit.up, fit.front) == (SplatBridgeConfig.up, SplatBridgeConfig.front):  # name the views on the same up
         fit = replace(fit, up=up.up, front=up.front)
-    bridge = fit.setup(denoiser, scene, cameras)
+    bridge = fit.setup(denoiser, scene, cameras, shard)
     if show_progress:
         print(bridge.memory_plan.summary(), flush=True)
     sampler = SyncSampler(denoiser, Timed(bridge, timer, BRIDGE_PHASES), config.sync_config())
@@ -199,7 +217,7 @@ def restyle(
     restyled = bridge.restyled_scene(result.z)
     if config.compact_ply:
         restyled = replace(restyled, sh=restyled.sh[:, :1])
-    delivered = denoiser.decode(result.instances).float().clamp(0, 1)
+    delivered = bridge.shard.gather(denoiser.decode(result.instances).float().clamp(0, 1))  # every process's
     after = render_rgb(restyled, cameras)
     return RestyleResult(
         scene=restyled, before=before, after=after, cameras=cameras, delivered=delivered, phases=timer.report(), up=up

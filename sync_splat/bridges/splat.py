@@ -14,6 +14,8 @@
 - Conditions: normalised inverse expected depth per view (ControlNet depth) and prompt suffixes from each camera's
   direction (`ViewSuffixes`).
 - Export: a standard 3DGS PLY, geometry bit-identical, `f_dc = (c - 0.5) / SH_C0`, `f_rest` zero, written atomically.
+- Processes: given a `shard` (`sync_splat.distributed`), the bridge holds, renders, conditions and fits only that
+  share of the views; the fit adds its sums over the processes, so z is the same on every one.
 
 Dimension letters (docs/conventions.md): N views, G Gaussians, C channels, H W image pixels, h w instance pixels.
 """
@@ -45,6 +47,7 @@ from sync_splat.bridges.splat_memory import (
 from sync_splat.bridges.splat_noise import integral_noise
 from sync_splat.codec import Codec
 from sync_splat.conditions import ViewConditions
+from sync_splat.distributed import ViewShard, shard_views
 from sync_splat.errors import InputError
 from sync_splat.functional.conjugate_gradient import LeastSquaresFit
 from sync_splat.functional.depth import depth_control_image
@@ -97,8 +100,8 @@ class SplatBridgeConfig:
     their pruned copy replaces the full W^T); rendering keeps every weight. 0: the exact fit, bit for bit."""
     views_per_shard: int | None = None
     """Views whose weights are built, stored (or, matrix-free, applied) and summed together (None: as many as keep a
-    shard's weights under a fixed count): bounds the memory of building them. The per-shard sums add up, so shards
-    could be split across processes."""
+    shard's weights under a fixed count): bounds the memory of building them. (Views split across processes are a
+    separate, coarser split: each process cuts its own views into these shards.)"""
     storage: Literal["auto", "stored", "compact", "matrix_free"] = "auto"
     """How the fit holds the compositing weights: 'stored' (CSR, the fastest), 'compact' (the same with float16
     values), 'matrix_free' (recomputed chunk by chunk of views on every product: the least memory, the slowest), or
@@ -147,10 +150,13 @@ class SplatBridgeConfig:
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise InputError(f"SplatBridgeConfig.memory_budget_gb must be positive (GiB) or None, got {budget}")
 
-    def setup(self, codec: Codec, scene: GaussianScene, cameras: Cameras) -> GaussianSplatBridge:
-        """The bridge this config describes, for `codec`'s space (a denoiser is a codec). Its memory plan
-        (`GaussianSplatBridge.memory_plan`, one line from `.summary()`) is decided first; see `storage`."""
-        return GaussianSplatBridge(codec, scene, cameras, self)
+    def setup(
+        self, codec: Codec, scene: GaussianScene, cameras: Cameras, shard: ViewShard | None = None
+    ) -> GaussianSplatBridge:
+        """The bridge this config describes, for `codec`'s space (a denoiser is a codec), over `shard`'s share of the
+        views where they are split across processes. Its memory plan (`GaussianSplatBridge.memory_plan`, one line from
+        `.summary()`) is decided first; see `storage`."""
+        return GaussianSplatBridge(codec, scene, cameras, self, shard)
 
 
 class GaussianSplatBridge:
@@ -159,19 +165,30 @@ class GaussianSplatBridge:
     Args:
         codec: the denoiser's codec (`encode`, `decode`, `latent_channels`, `downsample`).
         scene: the Gaussians; its device is where everything runs.
-        cameras: the views at the image size the codec decodes to (H x W, both divisible by `codec.downsample`).
+        cameras: every view at the image size the codec decodes to (H x W, both divisible by `codec.downsample`).
         config: representation and fit settings.
+        shard: the views this process holds where they are split across processes (`sync_splat.distributed`); None:
+            all of them. The bridge then renders, fits and conditions those views only, adds the fit's sums over the
+            processes, and draws random values for every view, keeping its own.
 
     Attributes:
-        memory_plan: the fit's predicted memory and the storage chosen for its weights (`splat_memory`).
-        num_views: N.
+        memory_plan: the fit's predicted memory (this process's views) and the storage chosen for its weights
+            (`splat_memory`).
+        shard: the views held, `[shard.first, shard.first + shard.count)` of `shard.total`.
+        cameras: the held views' cameras.
+        num_views: N, the views held.
         canonical_shape: `(G, 3)` for "rgb", `(G, codec.latent_channels)` for "latent".
         instance_shape: `(codec.latent_channels, H / downsample, W / downsample)`.
         linear: True for the latent canonical space only.
     """
 
     def __init__(
-        self, codec: Codec, scene: GaussianScene, cameras: Cameras, config: SplatBridgeConfig | None = None
+        self,
+        codec: Codec,
+        scene: GaussianScene,
+        cameras: Cameras,
+        config: SplatBridgeConfig | None = None,
+        shard: ViewShard | None = None,
     ) -> None:
         config = SplatBridgeConfig() if config is None else config
         downsample = codec.downsample
@@ -182,11 +199,15 @@ class GaussianSplatBridge:
             )
         if len(cameras) < 1 or scene.num_gaussians < 1:
             raise InputError("the splat bridge needs at least one camera and one Gaussian")
-        self.scene, self.codec, self.config = scene, codec, config
+        shard = shard_views(len(cameras)) if shard is None else shard
+        if shard.total != len(cameras):
+            raise ValueError(f"the shard splits {shard.total} views, but there are {len(cameras)} cameras")
+        self.scene, self.codec, self.config, self.shard = scene, codec, config, shard
         self.device, self.dtype = scene.means.device, scene.means.dtype
-        self.cameras = cameras.to(self.device, self.dtype)
+        held = cameras if not shard.sharded else cameras.subset(list(shard.indices))
+        self.cameras = held.to(self.device, self.dtype)
         self.downsample = downsample
-        self.num_views = len(cameras)
+        self.num_views = shard.count
         self.image_size = (cameras.height, cameras.width)
         self.instance_size = (cameras.height // downsample, cameras.width // downsample)
         channels = codec.latent_channels
@@ -215,7 +236,7 @@ class GaussianSplatBridge:
         return plan_fit_memory(
             tuple(samples.values()), self.dtype, self.device, config.storage, config.memory_budget_gb,
             config.normal_matrix, config.views_per_shard,
-            integral_noise=samples[self._size("instance")] if config.noise == "integral" else None,
+            integral_noise=samples[self._size("instance")] if config.noise == "integral" else None, shard=self.shard,
         )  # fmt: skip
 
     def _size(self, resolution: Literal["image", "instance"]) -> tuple[int, int]:
@@ -291,7 +312,7 @@ class GaussianSplatBridge:
         config = self.config
         return system.fit(
             content, previous, unseen=unseen, damping=config.damping, tolerance=config.tolerance,
-            max_iterations=config.max_iterations, min_gain_db=config.min_gain_db,
+            max_iterations=config.max_iterations, min_gain_db=config.min_gain_db, shard=self.shard,
         )  # fmt: skip
 
     def unproject(self, x: Float[Tensor, "N C h w"], previous: Tensor | None = None) -> Float[Tensor, "G C"]:
@@ -308,12 +329,14 @@ class GaussianSplatBridge:
 
     def initial_noise(self, generator: torch.Generator) -> tuple[Float[Tensor, "G C"], Float[Tensor, "N C h w"]]:
         """`z_T ~ N(0, I)` and unit-variance `x_T` that views seeing the same Gaussians share, made as
-        `SplatBridgeConfig.noise` says; drawn on `generator`'s device and moved to the scene's."""
+        `SplatBridgeConfig.noise` says; drawn on `generator`'s device and moved to the scene's. Values per view are
+        drawn for every view of the rig (`shard.total`), so a process holding some of them gets their share of the
+        noise of one process holding all."""
         system = self.linear_system("instance")
         channels = self.instance_shape[0]
         if self.config.noise == "integral":
             cameras = self.cameras.resized(self.instance_size[1], self.instance_size[0])
-            per_gaussian, x_T = integral_noise(self.scene, cameras, system, channels, generator)
+            per_gaussian, x_T = integral_noise(self.scene, cameras, system, channels, generator, self.shard)
             if self.config.canonical == "latent":
                 return per_gaussian, x_T
             z_T = torch.randn(self.canonical_shape, generator=generator, device=generator.device)
@@ -324,7 +347,8 @@ class GaussianSplatBridge:
         else:
             gaussians = self.canonical_shape[0]
             per_gaussian = torch.randn((gaussians, channels), generator=generator, device=generator.device)
-        independent = torch.randn((self.num_views, *self.instance_shape), generator=generator, device=generator.device)
+        every_view = (self.shard.total, *self.instance_shape)
+        independent = self.shard.local(torch.randn(every_view, generator=generator, device=generator.device))
         shared = system.render_sqrt(per_gaussian.to(self.device, self.dtype))
         x_T = shared + (1 - system.alpha).clamp_min(0).sqrt() * independent.to(self.device, self.dtype)
         return z_T.to(self.device, self.dtype), x_T
@@ -362,6 +386,7 @@ class GaussianSplatBridge:
             z = system.fit(
                 content, unseen=self.config.unseen_rgb01, damping=self.config.damping,
                 tolerance=self.config.export_tolerance, max_iterations=self.config.export_max_iterations,
+                shard=self.shard,
             ).z  # fmt: skip
         return self.scene.with_colors(z.clamp(0.0, 1.0))
 

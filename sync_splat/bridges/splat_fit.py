@@ -45,7 +45,6 @@ Dimension letters (docs/conventions.md): N views, G Gaussians, C channels, h w p
 
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +54,17 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sync_splat.bridges.csr import (
+    csr_bytes,
+    csr_matrix,
+    csr_rows,
+    row_offsets,
+    transpose_coo,
+    with_index_dtype,
+    with_values_dtype,
+)
 from sync_splat.bridges.plumbing import expect_shape
+from sync_splat.distributed import ViewShard
 from sync_splat.errors import InputError
 from sync_splat.functional.conjugate_gradient import LeastSquaresFit, conjugate_gradient
 
@@ -74,11 +83,11 @@ class _Shard:
     transposed: Tensor | None
 
     def weights_as(self, dtype: torch.dtype) -> Tensor:
-        return _with_values_dtype(self.weights, dtype)
+        return with_values_dtype(self.weights, dtype)
 
     def transposed_as(self, dtype: torch.dtype) -> Tensor:
         assert self.transposed is not None, "the full weights' transpose is only kept where the solver reads it"
-        return _with_values_dtype(self.transposed, dtype)
+        return with_values_dtype(self.transposed, dtype)
 
 
 class SplatLinearSystem(ABC):
@@ -154,6 +163,7 @@ class SplatLinearSystem(ABC):
         tolerance: float,
         max_iterations: int,
         min_gain_db: float = 0.0,
+        shard: ViewShard | None = None,
     ) -> LeastSquaresFit:
         """Least-squares features whose render matches `content` (module docstring): the closed form, then CG.
 
@@ -166,16 +176,21 @@ class SplatLinearSystem(ABC):
             max_iterations: the most CG iterations.
             min_gain_db: CG also stops after an iteration that lowers the fit's squared error (damping included)
                 by less than this many decibels (0: never).
+            shard: which of the views this process holds when they are split across processes
+                (`sync_splat.distributed`): the system and `content` hold those views, every sum over views (b, the
+                row sums, `A p`, the squared error) is added over the processes, and each gets the whole answer.
         """
-        row_sums = self._solver_row_sums
+        total = shard.sum if shard is not None else lambda tensor: tensor
+        row_sums = total(self._solver_row_sums)
         seen = row_sums > 0
         if previous is None:
             b = self._solver_back_project(content.to(self.dtype).permute(0, 2, 3, 1).reshape(-1, content.shape[1]))
+            b = total(b)
             fallback = torch.full_like(b, unseen)
         else:
             expect_shape("previous", previous, (self.num_gaussians, content.shape[1]))
             fallback = previous.to(device=self.device, dtype=self.dtype)
-            b, product = self.back_project_with_product(content, fallback)
+            b, product = total(torch.cat(self.back_project_with_product(content, fallback), dim=1)).chunk(2, dim=1)
         reference = torch.where(seen, b / torch.where(seen, row_sums, 1.0), fallback)
         start = reference if previous is None else fallback
         start_product = None if previous is None else product + damping * start
@@ -185,9 +200,15 @@ class SplatLinearSystem(ABC):
         lumped = row_sums + damping
         inverse_preconditioner = torch.where(seen, 1 / torch.where(seen, lumped, 1.0), 0.0)
         rhs = b + damping * reference
-        offset = float(content.square().sum()) + damping * float(reference.square().sum()) if min_gain_db > 0 else None
+        offset = None
+        if min_gain_db > 0:  # the objective at c = 0: ||y||^2 over every view, and the damping's ||c_ref||^2
+            offset = float(total(content.square().sum())) + damping * float(reference.square().sum())
+        if shard is None or not shard.sharded:
+            apply = lambda p: self.apply(p, damping)  # noqa: E731
+        else:
+            apply = lambda p: total(self.apply(p)) + damping * p  # noqa: E731
         return conjugate_gradient(
-            lambda p: self.apply(p, damping),
+            apply,
             rhs,
             start,
             inverse_preconditioner,
@@ -282,24 +303,24 @@ class SplatLeastSquares(SplatLinearSystem):
         small = max(shape) < 2**31 and values.numel() < 2**31
         index_dtype = torch.int32 if small else torch.int64
         ones = torch.ones(self.num_gaussians, 1, dtype=self.dtype, device=self.device)
-        forward = _csr(_offsets(rows, shape[0]).to(index_dtype), columns.to(index_dtype), values, shape)
+        forward = csr_matrix(row_offsets(rows, shape[0]).to(index_dtype), columns.to(index_dtype), values, shape)
         alpha = forward @ ones
         self.nnz += values.numel()
         kept = values >= self.solver_cutoff
         if self.solver_cutoff > 0 and not bool(kept.all()):
             rows, columns, values = rows[kept], columns[kept], values[kept]
-            pruned = _csr(_offsets(rows, shape[0]).to(index_dtype), columns.to(index_dtype), values, shape)
-            transposed = _transpose(rows, columns, values, shape, index_dtype)
+            pruned = csr_matrix(row_offsets(rows, shape[0]).to(index_dtype), columns.to(index_dtype), values, shape)
+            transposed = transpose_coo(rows, columns, values, shape, index_dtype)
             row_sums = transposed @ (pruned @ ones)
-            full = _Shard(first, count, _with_values_dtype(forward, stored_dtype), None)
+            full = _Shard(first, count, with_values_dtype(forward, stored_dtype), None)
             solver = _Shard(
-                first, count, _with_values_dtype(pruned, stored_dtype), _with_values_dtype(transposed, stored_dtype)
+                first, count, with_values_dtype(pruned, stored_dtype), with_values_dtype(transposed, stored_dtype)
             )
         else:
-            transposed = _transpose(rows, columns, values, shape, index_dtype)
+            transposed = transpose_coo(rows, columns, values, shape, index_dtype)
             row_sums = transposed @ alpha
             full = solver = _Shard(
-                first, count, _with_values_dtype(forward, stored_dtype), _with_values_dtype(transposed, stored_dtype)
+                first, count, with_values_dtype(forward, stored_dtype), with_values_dtype(transposed, stored_dtype)
             )
         self.solver_nnz += values.numel()
         zeros = torch.zeros(self.num_gaussians, 1, dtype=self.dtype, device=self.device)
@@ -311,12 +332,12 @@ class SplatLeastSquares(SplatLinearSystem):
         for shard in (*self.shards, *self._solver_shards):
             for matrix in (shard.weights, shard.transposed):
                 if matrix is not None:
-                    tensors[id(matrix)] = _csr_bytes(matrix)
+                    tensors[id(matrix)] = csr_bytes(matrix)
         return sum(tensors.values())
 
     @property
     def normal_matrix_bytes(self) -> int:
-        return 0 if self._assembled is None else _csr_bytes(self._assembled)
+        return 0 if self._assembled is None else csr_bytes(self._assembled)
 
     def _solver_render(self, features: Tensor) -> Tensor:
         """`W~ features` stacked over views `[N h w, C]` (the solver's, possibly pruned, weights)."""
@@ -344,7 +365,7 @@ class SplatLeastSquares(SplatLinearSystem):
         views = []
         for shard in self.shards:
             w = shard.weights
-            root = _csr(w.crow_indices(), w.col_indices(), w.values().to(self.dtype).sqrt(), w.shape)
+            root = csr_matrix(w.crow_indices(), w.col_indices(), w.values().to(self.dtype).sqrt(), w.shape)
             views.append((root @ features.to(self.dtype)).reshape(shard.count, self.height, self.width, -1))
         return torch.cat(views).permute(0, 3, 1, 2)
 
@@ -354,7 +375,7 @@ class SplatLeastSquares(SplatLinearSystem):
         pixels = self.height * self.width
         crow = shard.weights.crow_indices()[(view - shard.first) * pixels : (view - shard.first + 1) * pixels + 1]
         begin, end = int(crow[0]), int(crow[-1])
-        return _csr(
+        return csr_matrix(
             crow - crow[0], shard.weights.col_indices()[begin:end],
             shard.weights.values()[begin:end].to(self.dtype), (pixels, self.num_gaussians),
         )  # fmt: skip
@@ -394,7 +415,7 @@ class SplatLeastSquares(SplatLinearSystem):
             for shard in self._solver_shards:
                 part = shard.transposed_as(self.dtype) @ shard.weights_as(self.dtype)
                 total = part if total is None else total + part
-            self._assembled = _with_index_dtype(total, shard.weights.crow_indices().dtype)
+            self._assembled = with_index_dtype(total, shard.weights.crow_indices().dtype)
         return self._assembled
 
     def predicted_normal_nnz(self) -> float:
@@ -402,7 +423,7 @@ class SplatLeastSquares(SplatLinearSystem):
         rows = torch.arange(0, self.num_gaussians, 64, device=self.device)
         sampled = None
         for shard in self._solver_shards:
-            part = _csr_rows(shard.transposed_as(self.dtype), rows) @ shard.weights_as(self.dtype)
+            part = csr_rows(shard.transposed_as(self.dtype), rows) @ shard.weights_as(self.dtype)
             sampled = part if sampled is None else sampled + part
         return sampled.values().numel() * self.num_gaussians / max(len(rows), 1)
 
@@ -438,63 +459,3 @@ def _view_slicer(weights: Tensor, num_views: int, pixels: int) -> Callable[[int,
         return torch.sparse_coo_tensor(indices, values[begin:end], shape, is_coalesced=True, check_invariants=False)
 
     return rows_of
-
-
-def _transpose(
-    rows: Tensor, columns: Tensor, values: Tensor, shape: tuple[int, int], index_dtype: torch.dtype
-) -> Tensor:
-    """`W^T` as CSR `[G, rows]` from W's sorted COO entries (rows stay ascending within each column)."""
-    order = torch.sort(columns, stable=True).indices
-    crow = _offsets(columns, shape[1]).to(index_dtype)
-    return _csr(crow, rows[order].to(index_dtype), values[order], (shape[1], shape[0]))
-
-
-def _with_values_dtype(matrix: Tensor, dtype: torch.dtype) -> Tensor:
-    """A CSR matrix with its values in `dtype` (the same matrix when they already are)."""
-    if matrix.values().dtype == dtype:
-        return matrix
-    return _csr(matrix.crow_indices(), matrix.col_indices(), matrix.values().to(dtype), matrix.shape)
-
-
-def _csr_bytes(matrix: Tensor) -> int:
-    """Bytes of a CSR matrix's three arrays."""
-    arrays = (matrix.crow_indices(), matrix.col_indices(), matrix.values())
-    return sum(array.numel() * array.element_size() for array in arrays)
-
-
-def _csr(crow_indices: Tensor, col_indices: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
-    """A sparse CSR tensor built from indices made here (sorted, in range), without torch's construction warnings:
-    the invariant checks are explicitly off (not implicitly, which warns) and the one-off notice that sparse CSR
-    support is in beta is silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
-        return torch.sparse_csr_tensor(crow_indices, col_indices, values, shape, check_invariants=False)
-
-
-def _offsets(rows: Tensor, count: int) -> Tensor:
-    """CSR row offsets `[count + 1]` of sorted row indices."""
-    offsets = torch.zeros(count + 1, dtype=torch.long, device=rows.device)
-    offsets[1:] = torch.bincount(rows, minlength=count).cumsum(0)
-    return offsets
-
-
-def _csr_rows(matrix: Tensor, rows: Tensor) -> Tensor:
-    """The rows `rows` of a CSR matrix, as a new CSR matrix."""
-    crow = matrix.crow_indices().long()
-    starts, counts = crow[rows], crow[rows + 1] - crow[rows]
-    offsets = torch.zeros(len(rows) + 1, dtype=torch.long, device=crow.device)
-    offsets[1:] = counts.cumsum(0)
-    gather = torch.repeat_interleave(starts - offsets[:-1], counts) + torch.arange(int(offsets[-1]), device=crow.device)
-    index_dtype = matrix.crow_indices().dtype
-    return _csr(
-        offsets.to(index_dtype), matrix.col_indices()[gather], matrix.values()[gather], (len(rows), matrix.shape[1])
-    )
-
-
-def _with_index_dtype(matrix: Tensor, index_dtype: torch.dtype) -> Tensor:
-    """A CSR matrix with its indices converted (sparse products return 64-bit indices)."""
-    if matrix.crow_indices().dtype == index_dtype:
-        return matrix
-    return _csr(
-        matrix.crow_indices().to(index_dtype), matrix.col_indices().to(index_dtype), matrix.values(), matrix.shape
-    )

@@ -31,7 +31,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sync_splat.bridges.splat_fit import SplatLinearSystem, _by_gaussian, _csr, _offsets
+from sync_splat.bridges.csr import csr_matrix, row_offsets
+from sync_splat.bridges.splat_fit import SplatLinearSystem, _by_gaussian
 from sync_splat.errors import InputError
 from sync_splat.render.gaussians import gaussian_weight_entries, render_gaussians
 from sync_splat.render.gsplat_check import gsplat_works
@@ -164,7 +165,7 @@ class MatrixFreeSplatSystem(SplatLinearSystem):
         order = torch.argsort(pixel * self.num_gaussians + gaussian)
         pixel, gaussian, weight = pixel[order], gaussian[order], weight[order]
         pixels = self.height * self.width
-        return _csr(_offsets(pixel, pixels), gaussian, weight, (pixels, self.num_gaussians))
+        return csr_matrix(row_offsets(pixel, pixels), gaussian, weight, (pixels, self.num_gaussians))
 
     def entries(self) -> tuple[Tensor, Tensor, Tensor]:
         """Every weight as `(gaussian, pixel, value)` in the order of `SplatLinearSystem.entries`: all of them at

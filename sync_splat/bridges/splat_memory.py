@@ -21,6 +21,9 @@ compares the prediction with measured peaks.
 memory less `DENOISER_RESERVE_BYTES` for the denoiser's working memory) and picks the first storage that fits, in the
 order stored, compact, matrix-free; when not even the matrix-free fit fits, it refuses in one line with the numbers.
 
+Views split across processes (`sync_splat.distributed`): each process predicts the bytes of its own views and checks
+them against its own budget; processes on one machine's CPU share its free memory, so each takes its part of it.
+
 Dimension letters (docs/conventions.md): N views, G Gaussians, C channels, h w pixels of the fit's resolution.
 """
 
@@ -35,6 +38,7 @@ from typing import Literal
 import torch
 
 from sync_splat.bridges.splat_fit import SplatLeastSquares
+from sync_splat.distributed import ViewShard, processes_per_machine
 from sync_splat.errors import InputError
 from sync_splat.render.gaussians import COMPOSITOR_WORKING_BYTES, gaussian_weights
 from sync_splat.scene.cameras import Cameras
@@ -237,6 +241,7 @@ class MemoryPlan:
         budget: bytes the fit may take (None: unknown, no limit).
         budget_source: where the budget comes from, in words.
         storage: the storage chosen.
+        shard: the rig's views that this process holds, where they are split across processes (None: all).
     """
 
     samples: tuple[WeightSample, ...]
@@ -244,6 +249,7 @@ class MemoryPlan:
     budget: int | None
     budget_source: str
     storage: Storage
+    shard: ViewShard | None = None
 
     @property
     def chosen(self) -> FitMemory:
@@ -254,10 +260,12 @@ class MemoryPlan:
         first = self.samples[0]
         costs = ", ".join(f"{option.storage.replace('_', '-')} {_gb(option.peak)}" for option in self.options)
         budget = "no budget" if self.budget is None else f"budget {_gb(self.budget)} ({self.budget_source})"
+        sharded = self.shard is not None and self.shard.sharded
+        where = f" per process ({self.shard.describe()})" if sharded else ""
         return (
-            f"splat fit memory: {first.num_views} views of {first.width} x {first.height}, {first.num_gaussians:,} "
-            f"Gaussians, {first.weights_per_covered_pixel:.1f} weights per covered pixel ({first.sampled_views} views "
-            f"sampled); predicted peak {costs}; {budget}: {self.storage.replace('_', '-')}"
+            f"splat fit memory{where}: {first.num_views} views of {first.width} x {first.height}, "
+            f"{first.num_gaussians:,} Gaussians, {first.weights_per_covered_pixel:.1f} weights per covered pixel "
+            f"({first.sampled_views} views sampled); predicted peak {costs}; {budget}: {self.storage.replace('_', '-')}"
         )
 
 
@@ -270,8 +278,12 @@ def plan_fit_memory(
     normal_matrix: str = "auto",
     views_per_shard: int | None = None,
     integral_noise: WeightSample | None = None,
+    shard: ViewShard | None = None,
 ) -> MemoryPlan:
     """Predict every storage's bytes and choose one (module docstring); warn when "auto" had to leave "stored".
+
+    `samples` are of this process's views; `shard` says which of the rig's they are when the views are split across
+    processes (None: all of them).
 
     Raises:
         InputError: when the requested storage (with "auto": the matrix-free fit) does not fit the budget.
@@ -284,19 +296,23 @@ def plan_fit_memory(
         budget, source = round(budget_gb * 2**30), "memory_budget_gb"
     else:
         free, what = free_memory(device)
+        sharing = processes_per_machine() if device.type == "cpu" else 1
+        if free is not None and sharing > 1:
+            free, what = free // sharing, f"{what} / {sharing} processes"
         budget = None if free is None else max(free - DENOISER_RESERVE_BYTES, 0)
         source = f"{what} less {_gb(DENOISER_RESERVE_BYTES)} for the denoiser"
     fitting = [option for option in options if budget is None or option.peak <= budget]
     first = samples[0]
     scene = f"{first.num_views} views of {first.width} x {first.height}, {first.num_gaussians:,} Gaussians"
+    if shard is not None and shard.sharded:
+        scene += f" ({shard.describe()})"
     if storage == "auto":
         if not fitting:
             leanest = min(options, key=lambda option: option.peak)
             raise InputError(
                 f"the splat fit needs {_gb(leanest.peak)} at least ({leanest.storage.replace('_', '-')}; {scene}) "
-                f"but the budget is {_gb(budget)} ({source}): use fewer views or a smaller image size, or raise "
-                f"memory_budget_gb "
-                f"(--fit.memory-budget-gb) if the memory is there"
+                f"but the budget is {_gb(budget)} ({source}): use fewer views, a smaller image size or more "
+                "processes (--nproc), or raise memory_budget_gb (--fit.memory-budget-gb) if the memory is there"
             )
         chosen = fitting[0].storage
         if chosen != "stored":
@@ -313,10 +329,11 @@ def plan_fit_memory(
         if budget is not None and option.peak > budget:
             raise InputError(
                 f"storage={storage!r}: the splat fit needs {_gb(option.peak)} ({scene}) but the budget is "
-                f"{_gb(budget)} ({source}): use storage='auto' to pick a leaner one, fewer views or a smaller image "
-                f"size, or raise memory_budget_gb (--fit.memory-budget-gb) if the memory is there"
+                f"{_gb(budget)} ({source}): use storage='auto' to pick a leaner one, fewer views, a smaller image "
+                "size or more processes (--nproc), or raise memory_budget_gb (--fit.memory-budget-gb) if the memory "
+                "is there"
             )
-    return MemoryPlan(samples, options, budget, source, chosen)
+    return MemoryPlan(samples, options, budget, source, chosen, shard)
 
 
 def free_memory(device: torch.device) -> tuple[int | None, str]:

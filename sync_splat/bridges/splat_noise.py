@@ -18,6 +18,11 @@ with `w_g(p)` the compositing weights: variance `sum_g w_g + 1 - alpha = 1`. Whe
 pixel that g still reaches (its faint tails), `u_g(p)` is a fresh independent value. The canonical noise `z_T` of
 Gaussian g is the normalised sum of all its sub-points' values, so it is the same white noise seen whole.
 
+Views split across processes (`sync_splat.distributed`) get the noise one process would draw: every process draws
+the sub-points and every random value of the whole rig, in the same order, and keeps those of its views (the largest
+footprint and the per-Gaussian count of weights, which place each weight among all of them, are summed or maximised
+over the processes).
+
 Dimension letters (docs/conventions.md): N views, G Gaussians, C channels, h w instance pixels, S sub-points.
 """
 
@@ -28,6 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sync_splat.bridges.splat_fit import SplatLeastSquares
+from sync_splat.distributed import ViewShard, shard_views
 from sync_splat.functional.rotation import quat_to_rotmat
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.gaussians import GaussianScene
@@ -44,6 +50,7 @@ def integral_noise(
     system: SplatLeastSquares,
     channels: int,
     generator: torch.Generator,
+    shard: ViewShard | None = None,
     subpoints_per_pixel: float = SUBPOINTS_PER_PIXEL,
 ) -> tuple[Float[Tensor, "G C"], Float[Tensor, "N C h w"]]:
     """White, view-consistent starting noise (module docstring).
@@ -54,6 +61,7 @@ def integral_noise(
         system: the views' compositing weights at the instance size.
         channels: C.
         generator: the run's random source; values are drawn on its device.
+        shard: which of the rig's views `cameras` and `system` hold (None: all of them).
         subpoints_per_pixel: sub-points per pixel of each Gaussian's largest footprint.
 
     Returns:
@@ -61,18 +69,19 @@ def integral_noise(
     """
     device, dtype = scene.means.device, scene.means.dtype
     num_views, height, width = system.num_views, system.height, system.width
-    pixels = height * width
+    shard = shard_views(num_views) if shard is None else shard
+    pixels, rig_pixels = height * width, shard.total * height * width
 
     def normal(*shape: int) -> Tensor:
         return torch.randn(shape, generator=generator, device=generator.device).to(device, dtype)
 
-    # Every weight, keyed by (Gaussian, pixel over all views), in key order.
+    # Every weight, keyed by (Gaussian, pixel over all views of the rig), in key order.
     gaussian, pixel, weight = system.entries()
-    entry_keys, order = torch.sort(gaussian * (num_views * pixels) + pixel)
+    entry_keys, order = torch.sort(gaussian * rig_pixels + pixel + shard.first * pixels)
     gaussian, pixel, weight = gaussian[order], pixel[order], weight[order]
     view_of_entry = pixel // pixels
     footprint = torch.bincount(gaussian * num_views + view_of_entry, minlength=scene.num_gaussians * num_views)
-    footprint = footprint.reshape(scene.num_gaussians, num_views).amax(dim=1)
+    footprint = shard.max(footprint.reshape(scene.num_gaussians, num_views).amax(dim=1))
 
     # The sub-points and their values; z_T is each Gaussian's normalised sum.
     per_gaussian = (footprint * subpoints_per_pixel).ceil().long().clamp_min(1)
@@ -96,19 +105,39 @@ def integral_noise(
         col = torch.floor(Ks[view, 0, 0] * camera[:, 0] / depth + Ks[view, 0, 2])
         row = torch.floor(Ks[view, 1, 1] * camera[:, 1] / depth + Ks[view, 1, 2])
         inside = (camera[:, 2] > 1e-9) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
-        keys = owner[inside] * (num_views * pixels) + view * pixels + (row[inside] * width + col[inside]).long()
+        keys = owner[inside] * rig_pixels + (shard.first + view) * pixels + (row[inside] * width + col[inside]).long()
         position = torch.searchsorted(entry_keys, keys).clamp(max=entry_keys.numel() - 1)
         hit = entry_keys[position] == keys
         sums.index_add_(0, position[hit], values[inside][hit])
         counts.index_add_(0, position[hit], torch.ones_like(position[hit], dtype=dtype))
 
-    # Fresh values where no sub-point of g fell into the pixel (the Gaussian's faint tails).
-    shares = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1).sqrt()[:, None], normal(*sums.shape))
+    # Fresh values where no sub-point of g fell into the pixel (the Gaussian's faint tails), one per weight of the rig.
+    if shard.sharded:
+        rig_weights, positions = _rig_positions(gaussian, scene.num_gaussians, shard)
+        fresh = normal(rig_weights, channels)[positions]
+    else:
+        fresh = normal(*sums.shape)
+    shares = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1).sqrt()[:, None], fresh)
     images = torch.zeros(num_views * pixels, channels, device=device, dtype=dtype)
     images.index_add_(0, pixel, weight.to(dtype).sqrt()[:, None] * shares)
     images = images.reshape(num_views, height, width, channels).permute(0, 3, 1, 2)
     uncovered = (1 - system.alpha).clamp_min(0).sqrt()
-    return z_T, images + uncovered * normal(num_views, channels, height, width)
+    return z_T, images + uncovered * shard.local(normal(shard.total, channels, height, width))
+
+
+def _rig_positions(gaussian: Tensor, num_gaussians: int, shard: ViewShard) -> tuple[int, Tensor]:
+    """The number of weights over every view of the rig, and where each of this process's weights (sorted by
+    Gaussian, then pixel) stands among them: after the rig's weights of lower Gaussians, those of the same Gaussian in
+    lower processes' views (lower pixels), and its own predecessors."""
+    own = torch.bincount(gaussian, minlength=num_gaussians)
+    counts = torch.zeros(shard.world, num_gaussians, dtype=torch.int64, device=gaussian.device)
+    counts[shard.rank] = own
+    counts = shard.sum(counts)  # [world, G]: every process's weights per Gaussian
+    per_gaussian = counts.sum(dim=0)
+    rig_start, own_start = per_gaussian.cumsum(0) - per_gaussian, own.cumsum(0) - own
+    lower = counts[: shard.rank].sum(dim=0)
+    index = torch.arange(gaussian.numel(), device=gaussian.device)
+    return int(per_gaussian.sum()), rig_start[gaussian] + lower[gaussian] + index - own_start[gaussian]
 
 
 __all__ = ["SUBPOINTS_PER_PIXEL", "integral_noise"]

@@ -30,11 +30,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from tiny_scene import tiny_scene
 from tiny_sd import TinySDPaths
 
 from sync_splat.apps.restyle import render_rgb
 from sync_splat.scene.cameras import OPENGL_TO_OPENCV, Cameras
-from sync_splat.scene.demo import make_demo_scene
 from sync_splat.scene.gaussians import GaussianScene
 from sync_splat.scene.ply import ply_property_names
 
@@ -44,19 +44,6 @@ NUM_IMAGES = 6
 FRAME_AS_IS = [
     "nerfstudio-data", "--orientation-method", "none", "--center-method", "none", "--auto-scale-poses", "False",
 ]  # fmt: skip
-
-
-def tiny_scene() -> GaussianScene:
-    """About 600 Gaussians of the demo teapot, enlarged to keep its surfaces closed; SH degree 0."""
-    scene = make_demo_scene()
-    keep = torch.arange(0, scene.num_gaussians, 8)
-    return GaussianScene(
-        means=scene.means[keep].clone(),
-        quats_wxyz=scene.quats_wxyz[keep].clone(),
-        log_scales=scene.log_scales[keep] + math.log(2.8),
-        opacity_logits=scene.opacity_logits[keep].clone(),
-        sh=scene.sh[keep].clone(),
-    )
 
 
 def dataset_cameras(scene: GaussianScene) -> Cameras:

@@ -45,7 +45,7 @@ class RunRecords:
         run)."""
         if self._instances is None or self._denoiser is None:
             return None
-        decoded = Timed(self._denoiser, self._timer, DENOISER_PHASES).decode(self._instances).float().clamp(0, 1)
+        decoded = self._bridge.decode_views(self._instances).float().clamp(0, 1)  # charged to the codec phase
         return self._bridge.shard.gather(decoded)
 
     def _write_run_record(self, delivered: Tensor | None) -> None:

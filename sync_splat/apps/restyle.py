@@ -217,7 +217,7 @@ def restyle(
     restyled = bridge.restyled_scene(result.z)
     if config.compact_ply:
         restyled = replace(restyled, sh=restyled.sh[:, :1])
-    delivered = bridge.shard.gather(denoiser.decode(result.instances).float().clamp(0, 1))  # every process's
+    delivered = bridge.shard.gather(bridge.decode_views(result.instances).float().clamp(0, 1))  # every process's
     after = render_rgb(restyled, cameras)
     return RestyleResult(
         scene=restyled, before=before, after=after, cameras=cameras, delivered=delivered, phases=timer.report(), up=up

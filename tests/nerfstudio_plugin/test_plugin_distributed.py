@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,9 @@ def test_two_processes_sample_export_and_resume_as_one(scene_files: dict[str, Pa
     for run in ("whole", "resumed"):
         assert (tmp_path / f"{run}0" / "restyled.ply").read_bytes() == expected, run
         assert not any((tmp_path / f"{run}1").iterdir()), "process 1 writes nothing"
+    # The run record holds every view's delivered image, gathered from both processes, as one process's does.
+    delivered, ours = (np.load(folder / "delivered.npz")["views"] for folder in (tmp_path, tmp_path / "whole0"))
+    assert delivered.shape[0] == 4 and np.array_equal(ours, delivered)
     # A checkpoint of two processes holds every view: that of one process, bit for bit (on either process).
     theirs = torch.load(tmp_path / "one.ckpt", weights_only=True)["_extra_state"]["sampler_state"]
     for rank in (0, 1):

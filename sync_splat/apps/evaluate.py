@@ -32,7 +32,7 @@ from sync_splat.apps.clip_scores import (
     direction_similarity,
 )
 from sync_splat.apps.restyle import TRIM, orbit_cameras, render_rgba
-from sync_splat.apps.run_record import RunRecord, files_beside, files_in
+from sync_splat.apps.run_record import RunRecord, files_beside, files_in, record_of
 from sync_splat.errors import InputError
 from sync_splat.scene.camera_paths import read_camera_path
 from sync_splat.scene.cameras import Cameras, evenly_spread_indices
@@ -115,13 +115,7 @@ def find_run(restyled: Path) -> tuple[Path, Path | None, Path]:
         return ply, record if record.is_file() else None, folder / "eval"
     if restyled.suffix.lower() != ".ply":
         raise InputError(f"{restyled}: pass a restyled .ply, or an ns-train sync-splat run folder or its config.yml")
-    for record in (
-        files_beside(restyled)[0],
-        files_in(restyled.parent)[0] if restyled.name == "restyled.ply" else None,
-    ):
-        if record is not None and record.is_file():
-            return restyled, record, restyled.with_name(restyled.stem + "_eval")
-    return restyled, None, restyled.with_name(restyled.stem + "_eval")
+    return restyled, record_of(restyled), restyled.with_name(restyled.stem + "_eval")
 
 
 def heldout_orbit(scene: GaussianScene, views: int, size: int, fov_deg: float, up: UpAxis, frames: int) -> Cameras:

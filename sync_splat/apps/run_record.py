@@ -53,6 +53,16 @@ def files_in(folder: str | Path) -> tuple[Path, Path]:
     return Path(folder) / "run.json", Path(folder) / "delivered.npz"
 
 
+def record_of(scene: str | Path) -> Path | None:
+    """The run record of the run that wrote the restyled scene file `scene`: `<stem>_run.json` beside it, or the
+    `run.json` of its folder when it is a run's `restyled.ply` (demo, ns-train); None when there is none."""
+    scene = Path(scene)
+    candidates = [files_beside(scene)[0]]
+    if scene.name == "restyled.ply":
+        candidates.append(files_in(scene.parent)[0])
+    return next((record for record in candidates if record.is_file()), None)
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One run, as the module docstring lays it out; `path` is where it was read from (None before it is saved)."""

@@ -92,12 +92,10 @@ class InstanceViews:
     def recorded_for(cls, scene_path: Path) -> InstanceViews | None:
         """The instance views of the run that wrote the splat scene `scene_path`, from its run record, or None
         where there is no readable record of a splat run in the scene's own frame with its delivered views."""
-        from sync_splat.apps.run_record import RunRecord, files_beside, files_in
+        from sync_splat.apps.run_record import RunRecord, record_of
 
-        for record_path, _ in (files_beside(scene_path), files_in(scene_path.parent)):
-            if record_path.is_file():
-                break
-        else:
+        record_path = record_of(scene_path)
+        if record_path is None:
             return None
         try:
             record = RunRecord.load(record_path)

@@ -64,8 +64,9 @@ class PanoramaConfig(SamplingSettings):
     reference."""
     sampling: Literal["bilinear", "nearest"] = "bilinear"
     """How views sample the panorama and the panorama samples the views (the official code: nearest)."""
-    weight_power: float = 2.0
-    """Views are averaged with weights cos(angle to the view's axis) ** weight_power (0: uniform, the paper)."""
+    weight_power: float = 24.0
+    """Views are averaged with weights cos(angle to the view's axis) ** weight_power (0: uniform, the paper; 24 keeps
+    more of the views' contrast, docs/fidelity.md)."""
     border_feather: float = 0.5
     """The weights also ramp from 0 at a view's edge over this fraction of its half-width (0: a hard edge)."""
     noise_oversample: int = 2

@@ -22,9 +22,10 @@ rasterisation, and with it both f and g, is a fixed linear map built once (`Text
      synchronisation. The official code gets the same effect from a Voronoi fill of each view's map in UV space
      (a jump flood per view and per step); projecting texels is exact for the view and needs no flood;
   3. weight: `w_i = cos_i^p`, with `cos_i` the cosine between the face normal and the direction to camera i
-     (clamped at 0, averaged over a texel's pixels) and `p` an explicit setting: `cos_power` (1) while sampling
-     and `bake_cos_power` (6) for the final RGB bake, the official code's effective values
-     (docs/official_differences.md). Numerator `sum_i w_i m_i` and denominator `sum_i w_i`;
+     (clamped at 0, averaged over a texel's pixels) and `p` an explicit setting: `cos_power` (24)
+     while sampling and `bake_cos_power` (6) for the final RGB bake (the official code's effective values are 1
+     and 6; the exact prior measures less contrast lost to averaging with 24: docs/official_differences.md).
+     Numerator `sum_i w_i m_i` and denominator `sum_i w_i`;
   4. divide, then fill the texels no view sees (outside the charts, or hidden from every camera) with the value of
      the nearest seen texel (`functional.fill`, jump flooding), so bilinear lookups at chart borders and the
      exported image have no holes. Which texels are seen is fixed, so the flood runs once, at construction.
@@ -88,8 +89,9 @@ class MeshBridgeConfig:
     """Field of view of every camera, in degrees."""
     camera_distance: float = 2.0
     """Distance of the cameras from the centre of the mesh, normalised to the unit sphere."""
-    cos_power: float = 1.0
-    """Exponent p of the view weight cos^p while sampling (the official code's effective value)."""
+    cos_power: float = 24.0
+    """Exponent p of the view weight cos^p while sampling. The official code's effective value is 1; 24 lets a texel
+    follow the views that face it, which keeps more of the views' contrast (docs/official_differences.md)."""
     bake_cos_power: float = 6.0
     """Exponent p of the view weight cos^p for the final RGB bake (the official setting)."""
     texture_filter: Literal["bilinear", "nearest"] = "bilinear"

@@ -99,8 +99,9 @@ class PanoramaBridgeConfig:
     """Add a view straight up and one straight down (with rings at +-45 degrees, every texel is seen)."""
     sampling: Sampling = "bilinear"
     """How f samples the panorama and g samples the views (the official code: nearest)."""
-    weight_power: float = 2.0
-    """g weights a view's texel by cos(angle to the view's optical axis) ** weight_power; 0 is a uniform average."""
+    weight_power: float = 24.0
+    """g weights a view's texel by cos(angle to the view's optical axis) ** weight_power; 0 is a uniform average (the
+    paper). 24 keeps more of the views' contrast than near-uniform averaging (docs/fidelity.md)."""
     border_feather: float = 0.5
     """g's weights also ramp from 0 at a view's frame edge up over this fraction of its half-width, so views whose
     details differ blend without visible frame edges; 0 keeps a hard edge (the paper)."""

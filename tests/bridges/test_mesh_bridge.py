@@ -3,6 +3,7 @@ texture (splat, per-view fill, cos^p weights, fill of unseen texels), and the tw
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -87,15 +88,19 @@ def test_project_looks_the_texture_up_and_composites_the_background(sheet_bridge
     assert torch.allclose(constant[covered], torch.tensor(0.25)) and (constant[~covered] == 0).all()
 
 
-def test_bake_then_render_reproduces_the_covered_pixels(sheet_bridge: MeshTextureBridge) -> None:
-    x = sheet_bridge.project(smooth_texture(64))
-    again = sheet_bridge.project(sheet_bridge.unproject(x))
-    covered = sheet_bridge.coverage().expand_as(x) == 1
+@pytest.mark.parametrize(("cos_power", "max_error"), [(1.0, 0.05), (24.0, 0.06)])
+def test_bake_then_render_reproduces_the_covered_pixels(cos_power: float, max_error: float) -> None:
+    """f(g(f(texture))) is f(texture) up to resampling. With the default cos^24 weights a texel follows the views
+    facing it, so fewer views average its resampling error away than with cos^1 (0.057 against 0.048 at most)."""
+    bridge = dataclasses.replace(SMALL, cos_power=cos_power).setup(PixelCodec(), wavy_sheet())
+    x = bridge.project(smooth_texture(64))
+    again = bridge.project(bridge.unproject(x))
+    covered = bridge.coverage().expand_as(x) == 1
     error = (again - x).abs()[covered]
-    assert error.max() < 0.05, error.max()
+    assert error.max() < max_error, error.max()
     assert error.mean() < 0.01
     # Resampling (splat, then bilinear lookup) smooths a little; a second round changes the views less.
-    twice = sheet_bridge.project(sheet_bridge.unproject(again))
+    twice = bridge.project(bridge.unproject(again))
     assert (twice - again).abs()[covered].max() < error.max()
 
 

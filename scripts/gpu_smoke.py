@@ -20,7 +20,7 @@ import tyro
 from shared_fixtures import find_fixture
 
 from sync_splat.apps.phases import PHASES, PhaseReport
-from sync_splat.apps.restyle import RestyleConfig, restyle
+from sync_splat.apps.restyle import RestyleConfig, preview_views, restyle
 from sync_splat.errors import InputError, one_line_errors
 from sync_splat.scene.demo import make_demo_scene
 from sync_splat.scene.files import refuse_existing
@@ -79,7 +79,8 @@ def smoke(settings: GpuSmoke, device: torch.device) -> list[SceneTiming]:
     for name, scene in scenes:
         result = restyle(scene, config, denoiser=denoiser)
         result.scene.save(settings.out / f"{name}.ply")
-        write_image_rows((result.before, result.after), settings.out / f"{name}_views.png")
+        grid = preview_views(scene, result.scene, result.cameras, max(result.cameras.size))  # at the views' size
+        write_image_rows(grid, settings.out / f"{name}_views.png")
         rows.append(SceneTiming(name, scene.num_gaussians, result.phases))
     print(f"\n{config.steps} steps, {config.views + 1} views, case {config.case}, prompt {config.prompt!r}\n")
     memory = "peak VRAM GiB" if device.type == "cuda" else "peak RSS GiB"

@@ -150,16 +150,6 @@ def test_bench_unproject_layouts_are_the_weights_per_view() -> None:
         assert torch.equal(backward[view].to_dense(), expected.T)
 
 
-def test_bench_unproject_refuses_a_missing_scene_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
-    bench = load_script("bench_unproject.py")
-    monkeypatch.setattr(sys, "argv", ["bench_unproject.py", "--scenes", str(tmp_path / "missing.ply")])
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main()
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("bench_unproject: error:") and "missing.ply" in error and "\n" not in error
-
-
 def test_bench_mesh_runs_at_a_tiny_size(tmp_path: Path, capsys) -> None:
     import trimesh
 
@@ -173,14 +163,20 @@ def test_bench_mesh_runs_at_a_tiny_size(tmp_path: Path, capsys) -> None:
     assert values["seconds_per_step"] == pytest.approx(medians["f: project"] + medians["g: unproject"], abs=2e-6)
 
 
-def test_bench_mesh_refuses_a_missing_mesh_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
-    bench = load_script("bench_mesh.py")
-    monkeypatch.setattr(sys, "argv", ["bench_mesh.py", "--mesh", str(tmp_path / "missing.obj")])
+@pytest.mark.parametrize(
+    ("script", "flag", "missing"),
+    [("bench_unproject", "--scenes", "missing.ply"), ("bench_mesh", "--mesh", "missing.obj")],
+)
+def test_benches_refuse_a_missing_input_in_one_line(
+    script: str, flag: str, missing: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    bench = load_script(f"{script}.py")
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", flag, str(tmp_path / missing)])
     with pytest.raises(SystemExit) as exit_info:
         bench.main()
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("bench_mesh: error:") and "missing.obj" in error and "\n" not in error
+    assert error.startswith(f"{script}: error:") and missing in error and "\n" not in error
 
 
 def table_row(output: str, label: str, scene: str) -> list[str]:

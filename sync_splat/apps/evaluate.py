@@ -215,8 +215,7 @@ def _heldout_cameras(config: EvalConfig, record: RunRecord | None, source: Gauss
     if path is not None:
         cameras = read_camera_path(path)
         cameras = cameras.subset(evenly_spread_indices(len(cameras), config.frames))
-        scale = size / max(cameras.size)
-        cameras = cameras.resized(max(1, round(cameras.width * scale)), max(1, round(cameras.height * scale)))
+        cameras = cameras.resized_for(size, multiple=1)
         return cameras, f"camera path {Path(path).absolute()}"
     views = int(record.settings.get("views", ORBIT_VIEWS)) if record is not None else ORBIT_VIEWS
     fov = ORBIT_FOV_DEG

@@ -2,8 +2,9 @@
 
 It builds the denoiser (the exact prior on CPU, or Stable Diffusion + ControlNet depth), an orbit rig around the
 scene's bounding sphere sized for the model (refusing a scene that none of its views sees), the splat bridge and the
-sampler; runs every step with a progress bar; and returns the restyled scene with the views before and after, which
-`sync_splat.apps.commands` writes as a PLY and a PNG grid (and a turntable GIF for the demo).
+sampler; runs every step with a progress bar; and returns the restyled scene, its cameras, the views the sampler
+delivered and the run's phases, which `sync_splat.apps.commands` writes as a PLY, a PNG grid of the views before and
+after (`preview_views`) and the run record (and a turntable GIF for the demo).
 
 In a process group (`torchrun`, `sync-splat restyle --nproc`; `sync_splat.distributed`) every process runs `restyle`:
 each renders, denoises and fits its own share of the views, the fit's sums are added over the processes, and each
@@ -89,11 +90,9 @@ class RestyleConfig(SamplingSettings):
 
 @dataclass(frozen=True)
 class RestyleResult:
-    """The restyled scene and the views before and after, `rgb01` `[N, 3, H, W]`."""
+    """The restyled scene and what the run went through."""
 
     scene: GaussianScene
-    before: Tensor
-    after: Tensor
     cameras: Cameras
     """The orbit views the scene was restyled through."""
     delivered: Tensor
@@ -204,7 +203,7 @@ def restyle(
     cameras = stand_on(rig, scene.bounding_sphere(trim=TRIM)[0], up)
     shard = check_splittable(denoiser, process_shard(len(cameras)))
     show_progress = show_progress and shard.rank == 0
-    before, alpha = render_rgba(scene, cameras, background=1.0)
+    _, alpha = render_rgba(scene, cameras, background=1.0)
     check_seen(scene, alpha)
     fit = config.fit
     if (fit.up, fit.front) == (SplatBridgeConfig.up, SplatBridgeConfig.front):  # name the views on the same up
@@ -218,10 +217,7 @@ def restyle(
     if config.compact_ply:
         restyled = replace(restyled, sh=restyled.sh[:, :1])
     delivered = bridge.shard.gather(bridge.decode_views(result.instances).float().clamp(0, 1))  # every process's
-    after = render_rgb(restyled, cameras)
-    return RestyleResult(
-        scene=restyled, before=before, after=after, cameras=cameras, delivered=delivered, phases=timer.report(), up=up
-    )
+    return RestyleResult(scene=restyled, cameras=cameras, delivered=delivered, phases=timer.report(), up=up)
 
 
 def preview_views(
@@ -234,8 +230,7 @@ def preview_views(
     """
     if not 16 <= size <= 4096:
         raise InputError(f"--preview-size must be from 16 to 4096 pixels, got {size}")
-    scale = size / max(cameras.width, cameras.height)
-    resized = cameras.resized(max(1, round(cameras.width * scale)), max(1, round(cameras.height * scale)))
+    resized = cameras.resized_for(size, multiple=1)
     return render_rgb(source, resized), render_rgb(restyled, resized)
 
 

@@ -16,14 +16,16 @@ sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, 
 - fit dB: PSNR between the last instance views and the final answer's renders on covered pixels (low: the views
   disagreed and the canonical answer averaged them);
 - lag1: the largest lag-1 correlation of the starting noise x_T over covered neighbouring pixels (white: ~0);
-- shared: for splats, the correlation of x_T at the same surface point seen by two views (consistency).
+- shared: for splats, the correlation of x_T at the same part of one Gaussian seen by neighbouring views
+  (consistency: 0 for independent noise per view).
 
 Each ratio r counts as max(r, 1/r). The last line is
-`RESULT worst_std_ratio=<x> worst_band_ratio=<x> heldout_worst_std_ratio=<x> noise_lag1=<x>` over the product
-bridges with the product's default starting noise (the control is reported in `control_worst_ratio`).
+`RESULT worst_std_ratio=<x> worst_band_ratio=<x> heldout_worst_std_ratio=<x> noise_lag1=<x> noise_shared=<x>` over
+the product bridges with the product's default starting noise (`noise_shared` the least of the splat rows; the
+control is reported in `control_worst_ratio`).
 
     python scripts/bench_fidelity.py [--presets marble stripes camouflage] [--seeds 3] [--steps 30]
-    python scripts/bench_fidelity.py --splat-noise sqrt_weights   # the product's default starting noise only
+    python scripts/bench_fidelity.py --splat-noise integral   # the product's default starting noise only
 """
 
 from __future__ import annotations
@@ -51,7 +53,13 @@ from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.demo import make_demo_scene
 from sync_splat.scene.gaussians import GaussianScene
 from sync_splat.scene.mesh import MeshAsset
-from sync_splat.studies.fidelity import band_powers, component_fractions, lag_correlation, masked_std
+from sync_splat.studies.fidelity import (
+    band_powers,
+    component_fractions,
+    lag_correlation,
+    masked_std,
+    shared_correlation,
+)
 from sync_splat.studies.wide_image import WideImageBridge
 
 StartingNoise = Literal["integral", "sqrt_weights", "independent"]
@@ -135,9 +143,11 @@ class FidelityBench:
     """The prior's native view size in pixels."""
     splat_views: int = 8
     """Orbit views of the splat scenes (plus one from the top), as `sync-splat restyle`."""
-    splat_noise: tuple[StartingNoise, ...] = ("sqrt_weights", "integral", "independent")
+    splat_noise: tuple[StartingNoise, ...] = ("integral", "sqrt_weights", "independent")
     """Starting-noise constructions of the splat bridge to compare; RESULT reports the product's default
     (`SplatBridgeConfig.noise`)."""
+    splat_cos_power: float = SplatBridgeConfig().cos_power
+    """Exponent of the splat fit's pixel weights (`SplatBridgeConfig.cos_power`; 0: every pixel counts the same)."""
     prior_samples: int = 64
     """Exact prior samples that set the reference statistics."""
     threads: int | None = None
@@ -170,7 +180,9 @@ class FidelityBench:
         if name.startswith("splat"):
             scene = make_demo_scene() if name == "splat-demo" else GaussianScene.load(fixture("donut_mipsplatting.ply"))
             cameras = orbit_cameras(scene, self.splat_views, prior.native_size, 50.0)
-            config = SplatBridgeConfig(noise="sqrt_weights" if noise == "independent" else noise)
+            config = SplatBridgeConfig(
+                noise="sqrt_weights" if noise == "independent" else noise, cos_power=self.splat_cos_power
+            )
             centre, _ = scene.bounding_sphere(trim=0.01)
             ring = Cameras.orbit_rig(
                 centre, scene.bounding_sphere(trim=0.01)[1], num_azimuths=self.splat_views, elevations_deg=(35.0,),
@@ -229,7 +241,11 @@ class FidelityBench:
         error = (torch.cat(last_views) - torch.cat(finals))[covered].double().square().mean()
         fit_db = float(10 * torch.log10(4.0 / error)) if error > 0 else math.inf  # peak-to-peak 2 in [-1, 1]
         lag1 = lag_correlation(torch.cat(starts), masks)
-        return Row(name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, None)
+        shared = None
+        if name.startswith("splat"):
+            ring = [(view, view + 1) for view in range(self.splat_views - 1)]  # neighbours on the orbit
+            shared = shared_correlation(torch.stack(starts), bridge.linear_system("instance"), ring)
+        return Row(name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, shared)
 
     @staticmethod
     def ratios(x: Tensor, masks: Tensor, reference: Tensor) -> tuple[float, tuple[float, ...]]:
@@ -245,16 +261,17 @@ class FidelityBench:
 
     HEADER = (
         "| bridge | preset | noise | std | b1 | b2 | b3 | b4 | held-out std | held-out worst band | mix | fit dB | "
-        "lag1 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "lag1 | shared |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
 
     @staticmethod
     def format_row(row: Row) -> str:
         bands = " | ".join(f"{b:.2f}" for b in row.bands)
         mix = "-" if row.mix is None else f"{row.mix:.2f}"
+        shared = "-" if row.shared is None else f"{row.shared:.2f}"
         return (
             f"| {row.bridge} | {row.preset} | {row.noise} | {row.std:.2f} | {bands} | {row.held_out_std:.2f} | "
-            f"{row.worst_band(held_out=True):.2f} | {mix} | {row.fit_db:.1f} | {row.lag1:.3f} |"
+            f"{row.worst_band(held_out=True):.2f} | {mix} | {row.fit_db:.1f} | {row.lag1:.3f} | {shared} |"
         )
 
     def table(self, rows: list[Row]) -> str:
@@ -268,12 +285,16 @@ class FidelityBench:
         def worst(values: list[float]) -> float:
             return max(values) if values else float("nan")
 
+        def least(values: list[float]) -> float:
+            return min(values) if values else float("nan")
+
         control_worst = worst([max(symmetric(r.std), r.worst_band()) for r in control])
         return (
             f"RESULT worst_std_ratio={worst([symmetric(r.std) for r in product]):.4f} "
             f"worst_band_ratio={worst([r.worst_band() for r in product]):.4f} "
             f"heldout_worst_std_ratio={worst([symmetric(r.held_out_std) for r in product]):.4f} "
             f"noise_lag1={worst([r.lag1 for r in product]):.4f} "
+            f"noise_shared={least([r.shared for r in product if r.shared is not None]):.4f} "
             f"control_worst_ratio={control_worst:.4f} seconds={seconds:.1f}"
         )
 

@@ -72,7 +72,7 @@ def test_an_exact_sampler_reproduces_the_prior_through_the_oracle() -> None:
 def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
     bench = load_bench()
     settings = bench.FidelityBench(
-        bridges=("splat-demo", "wide-control"), presets=("marble",), seeds=1, steps=2, size=16, splat_views=2,
+        bridges=("splat-demo", "wide-control"), presets=("marble",), seeds=1, steps=2, size=16, splat_views=6,
         splat_noise=("integral", "sqrt_weights"), prior_samples=4,
     )  # fmt: skip
     settings.main()
@@ -81,11 +81,18 @@ def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -
     assert len(rows) == 2 * 3  # printed as they come, then in the table
     result = re.fullmatch(r"RESULT (.*)", out.strip().splitlines()[-1]).group(1)
     values = {key: float(value) for key, value in (item.split("=") for item in result.split())}
-    keys = {"worst_std_ratio", "worst_band_ratio", "heldout_worst_std_ratio", "noise_lag1", "control_worst_ratio"}
+    keys = {
+        "worst_std_ratio", "worst_band_ratio", "heldout_worst_std_ratio", "noise_lag1", "noise_shared",
+        "control_worst_ratio",
+    }  # fmt: skip
     assert keys <= set(values)
     assert all(math.isfinite(values[key]) and values[key] >= 0 for key in keys)
-    official = [line for line in rows if "| sqrt_weights |" in line]
-    assert float(official[0].split("|")[-2]) > 0.3  # the official construction's noise is visibly correlated
+    header = [cell.strip() for cell in bench.FidelityBench.HEADER.splitlines()[0].split("|")]
+    cells = {line.split("|")[3].strip(): [cell.strip() for cell in line.split("|")] for line in rows[:2]}
+    assert float(cells["sqrt_weights"][header.index("lag1")]) > 0.3  # the official noise is visibly correlated
+    assert float(cells["integral"][header.index("lag1")]) < 0.1
+    assert float(cells["sqrt_weights"][header.index("shared")]) > 0.5  # one value per Gaussian, in every view
+    assert float(cells["integral"][header.index("shared")]) > 0.0  # weaker: tests/bridges/test_splat_noise.py
 
 
 def test_unknown_bridges_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:

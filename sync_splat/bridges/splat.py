@@ -5,12 +5,15 @@
   (2 and 5) may run. "latent", one denoiser-space feature per Gaussian rendered at the latent size: f and g are
   linear and every case runs.
 - f (`project`) renders z over a background; g (`unproject`) is the damped least-squares colour fit of
-  `sync_splat.bridges.splat_fit`, where its derivation and settings are explained.
+  `sync_splat.bridges.splat_fit`, where its derivation and settings are explained. Each pixel counts in the fit by how
+  squarely its view sees the surface (`cos_power`): `cos^p` of the angle between the view ray and the shortest axis of
+  each Gaussian it shows, so a Gaussian takes its colour from the views that face it.
 - Memory: before building anything the bridge predicts the fit's bytes from a few sampled views and chooses how the
   weights are held (`storage`, `memory_budget_gb`; `sync_splat.bridges.splat_memory`): `memory_plan.summary()` says
   it in one line.
-- Initial noise: per-Gaussian N(0, 1) features rendered with square-root weights plus background noise times
-  `sqrt(1 - alpha)`: unit variance per pixel, and views that see a Gaussian share its noise.
+- Initial noise (`noise`): white in every view with unit variance per pixel, and shared where views see the same
+  part of a Gaussian (`sync_splat.bridges.splat_noise`); or the official construction, per-Gaussian N(0, 1) values
+  rendered with square-root weights plus background noise times `sqrt(1 - alpha)` (consistent, but low-pass).
 - Conditions: normalised inverse expected depth per view (ControlNet depth) and prompt suffixes from each camera's
   direction (`ViewSuffixes`).
 - Export: a standard 3DGS PLY, geometry bit-identical, `f_dc = (c - 0.5) / SH_C0`, `f_rest` zero, written atomically.
@@ -51,11 +54,16 @@ from sync_splat.distributed import ViewShard, shard_views
 from sync_splat.errors import InputError
 from sync_splat.functional.conjugate_gradient import LeastSquaresFit
 from sync_splat.functional.depth import depth_control_image
+from sync_splat.functional.rotation import quat_to_rotmat
 from sync_splat.render.gaussians import gaussian_weights
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.gaussians import GaussianScene
 
 SplatNoise = Literal["integral", "sqrt_weights"]
+
+MIN_EVIDENCE = 1e-3
+"""The least weight of a Gaussian's evidence in the fit (`SplatBridgeConfig.cos_power`): a Gaussian that every view
+sees edge-on still takes its colour from them."""
 
 _LOG = logging.getLogger(__name__)
 
@@ -84,6 +92,10 @@ class SplatBridgeConfig:
     agree."""
     max_iterations: int = 50
     """At most this many conjugate-gradient iterations per fit (0: the closed form, or the warm start, alone)."""
+    cos_power: float = 24.0
+    """Exponent p of a pixel's weight in the fit: the alpha-weighted mean over the Gaussians it shows of cos^p of the
+    angle between the view ray and the Gaussian's shortest axis (at least `MIN_EVIDENCE`). 0: every pixel counts the
+    same (the official fit); 24 keeps more of the views' contrast (docs/fidelity.md)."""
     min_gain_db: float = 0.05
     """Conjugate gradient also stops after an iteration that improved the fit (its squared error over all views) by
     less than this many decibels (0: never): what ends the fit of views that disagree, as the sampler's do."""
@@ -109,10 +121,12 @@ class SplatBridgeConfig:
     memory_budget_gb: float | None = None
     """Memory the fit may take, in GiB, checked against a prediction before any work (None: the device's free memory
     less a reserve for the denoiser)."""
-    noise: SplatNoise = "sqrt_weights"
+    noise: SplatNoise = "integral"
     """How the starting noise x_T is made: 'integral', each Gaussian's own fine white noise summed over what each pixel
-    sees of it (white and view-consistent); 'sqrt_weights', one value per Gaussian spread over its pixels with
-    square-root weights (the official construction: consistent but low-pass wherever a Gaussian spans pixels)."""
+    sees of it (white and view-consistent, as every denoiser assumes); 'sqrt_weights', one value per Gaussian spread
+    over its pixels with square-root weights (the official construction: consistent but low-pass wherever a Gaussian
+    spans pixels, which the denoiser reads as coarse signal: 2 to 5 times the prior's coarse-band power,
+    docs/fidelity.md)."""
     antialiased: bool = False
     """gsplat's antialiased rasterisation (for scenes trained with it, e.g. Mip-Splatting); off for Inria scenes."""
     view_suffixes: bool = True
@@ -133,7 +147,7 @@ class SplatBridgeConfig:
             )
         settings = {
             "damping": self.damping, "tolerance": self.tolerance, "max_iterations": self.max_iterations,
-            "min_gain_db": self.min_gain_db, "export_tolerance": self.export_tolerance,
+            "min_gain_db": self.min_gain_db, "cos_power": self.cos_power, "export_tolerance": self.export_tolerance,
             "export_max_iterations": self.export_max_iterations, "solver_cutoff": self.solver_cutoff,
         }  # fmt: skip
         bad = {name: value for name, value in settings.items() if not (math.isfinite(value) and value >= 0)}
@@ -216,6 +230,9 @@ class GaussianSplatBridge:
         self.linear = config.canonical == "latent"
         self._systems: dict[tuple[int, int], SplatLinearSystem] = {}
         self._last_decode: tuple[Tensor, int, Tensor] | None = None
+        self._normals: Tensor | None = None
+        self._best_cosines: Tensor | None = None
+        self._rig = cameras.to(self.device, self.dtype)  # every process's views, for the fit's pixel weights
         self.memory_plan = self._plan_memory()
         _LOG.info(self.memory_plan.summary())
         self.linear_system("image" if config.canonical == "rgb" else "instance")  # the weights the sampler needs, now
@@ -238,6 +255,7 @@ class GaussianSplatBridge:
             tuple(samples.values()), self.dtype, self.device, config.storage, config.memory_budget_gb,
             config.normal_matrix, config.views_per_shard,
             integral_noise=samples[self._size("instance")] if config.noise == "integral" else None, shard=self.shard,
+            weighted=config.cos_power > 0,
         )  # fmt: skip
 
     def _size(self, resolution: Literal["image", "instance"]) -> tuple[int, int]:
@@ -253,8 +271,11 @@ class GaussianSplatBridge:
             cameras = self.cameras.resized(width, height)
             config, scene = self.config, self.scene
             per_shard = self._samples[size].views_per_chunk(config.views_per_shard)
+            evidence = self._evidence if config.cos_power > 0 else None
             if self.memory_plan.storage == "matrix_free":
-                system = MatrixFreeSplatSystem(scene, cameras, per_shard, config.solver_cutoff, config.antialiased)
+                system = MatrixFreeSplatSystem(
+                    scene, cameras, per_shard, config.solver_cutoff, config.antialiased, evidence=evidence
+                )
             else:
                 geometry = (scene.means, scene.quats_wxyz, scene.log_scales.exp(), torch.sigmoid(scene.opacity_logits))
 
@@ -264,10 +285,49 @@ class GaussianSplatBridge:
 
                 system = SplatLeastSquares(
                     shard_weights, self.num_views, height, width, per_shard, config.normal_matrix,
-                    config.solver_cutoff, COMPACT_DTYPE if self.memory_plan.storage == "compact" else None,
+                    config.solver_cutoff, COMPACT_DTYPE if self.memory_plan.storage == "compact" else None, evidence,
                 )  # fmt: skip
             self._systems[size] = system
         return self._systems[size]
+
+    def _evidence(self, view: Tensor, gaussian: Tensor) -> Tensor:
+        """How squarely held view `view` sees Gaussian `gaussian`'s surface, elementwise (`splat_fit.Evidence`):
+        `(cos / best)^p`, cos of the angle between the ray from the Gaussian to the camera and the Gaussian's shortest
+        axis, best the largest over the rig's cameras whose frame holds the Gaussian's centre (so every Gaussian's
+        squarest view counts fully, and the damping keeps its meaning), at least `MIN_EVIDENCE`."""
+        if self._best_cosines is None:
+            self._best_cosines = self._squarest_views()
+        cosine = self._cosines(self.cameras.c2w[view, :3, 3], gaussian)
+        relative = (cosine / self._best_cosines[gaussian]).clamp(max=1.0)
+        return relative.pow(self.config.cos_power).clamp_min(MIN_EVIDENCE)
+
+    def _cosines(self, centres: Float[Tensor, "E 3"], gaussian: Tensor) -> Float[Tensor, " E"]:
+        """|cos| of the angle between the ray from each Gaussian to its camera centre and the Gaussian's shortest
+        axis."""
+        if self._normals is None:
+            axes = quat_to_rotmat(self.scene.quats_wxyz)  # columns: the Gaussian's axes
+            shortest = self.scene.log_scales.argmin(dim=1)
+            self._normals = axes[torch.arange(len(shortest), device=self.device), :, shortest]
+        rays = centres - self.scene.means[gaussian]
+        return (rays * self._normals[gaussian]).sum(dim=-1).abs() / rays.norm(dim=-1).clamp_min(1e-12)
+
+    def _squarest_views(self) -> Float[Tensor, " G"]:
+        """Each Gaussian's largest `_cosines` over the rig's cameras (every process's, so all agree) whose frame holds
+        its centre; over every camera for a Gaussian that no frame holds."""
+        rig, means = self._rig, self.scene.means
+        every = torch.arange(self.scene.num_gaussians, device=self.device)
+        framed = torch.zeros(len(every), dtype=self.dtype, device=self.device)
+        anywhere = torch.zeros_like(framed)
+        for view in range(len(rig)):
+            cosine = self._cosines(rig.c2w[view, :3, 3].expand(len(every), 3), every)
+            camera = means @ rig.viewmats[view, :3, :3].T + rig.viewmats[view, :3, 3]
+            pixel = camera @ rig.Ks[view].T
+            depth = camera[:, 2]
+            u, v = pixel[:, 0] / depth.clamp_min(1e-12), pixel[:, 1] / depth.clamp_min(1e-12)
+            inside = (depth > 0) & (u >= 0) & (u < rig.width) & (v >= 0) & (v < rig.height)
+            framed = torch.maximum(framed, torch.where(inside, cosine, 0.0))
+            anywhere = torch.maximum(anywhere, cosine)
+        return torch.where(framed > 0, framed, anywhere).clamp_min(1e-12)
 
     def _background_rgb01(self) -> Float[Tensor, "1 3 1 1"]:
         return torch.tensor(self.config.background_rgb01, dtype=self.dtype, device=self.device).view(1, 3, 1, 1)

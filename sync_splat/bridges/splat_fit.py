@@ -15,6 +15,12 @@ over views (so views can be split into shards, or processes, whose sums add). (F
 would treat the uncovered part as black and add it again in f: consistent views would not be fixed points.) Callers
 may instead take views as composited over a known background, `y_v = x_v - (1 - alpha_v) background`.
 
+Pixels may count unequally (`evidence`): with a weight `d_p > 0` per pixel the fit minimises
+`sum_v ||D_v^(1/2) (W_v c - y_v)||^2`, which is the problem above for the weights `D^(1/2) W` and the content
+`D^(1/2) y`. The solver's copy of the weights is stored (or, matrix-free, applied) scaled that way, so A, b, the row
+sums and the closed form below are all the weighted ones. A pixel's weight is the alpha-weighted mean of a weight per
+Gaussian and view, `d = W_v e_v / alpha_v`: the bridge's is how squarely the view sees the Gaussian's surface.
+
 - `c_ref = b / (A 1)`, the closed form: one back-projection, the splat colour average re-weighted by coverage. It is
   exact where a pixel's Gaussians share one colour, not where different colours overlap; it starts the solver when
   there is no warm start.
@@ -70,6 +76,25 @@ from sync_splat.functional.conjugate_gradient import LeastSquaresFit, conjugate_
 
 NormalMatrix = Literal["auto", "assembled", "implicit"]
 
+Evidence = Callable[[Tensor, Tensor], Tensor]
+"""`(view, gaussian) -> weight`: the positive weight of Gaussian `gaussian[i]`'s evidence in view `view[i]` (module
+docstring), elementwise over index tensors; a pixel's weight in the fit is the alpha-weighted mean over the Gaussians
+it shows."""
+
+
+def pixel_root_weights(
+    pixel: Tensor, gaussian: Tensor, weight: Tensor, evidence: Evidence, first_view: int, pixels_per_view: int,
+    num_rows: int,
+) -> Float[Tensor, " R"]:  # fmt: skip
+    """`sqrt(W_v e_v / alpha_v)` for the pixels of views `[first_view, ...)` from their compositing weights
+    `(pixel, gaussian, weight)` (pixels stacked over the views from 0, `num_rows` of them); 1 where nothing is seen."""
+    view = torch.div(pixel, pixels_per_view, rounding_mode="floor") + first_view
+    weighted = torch.zeros(num_rows, dtype=weight.dtype, device=weight.device)
+    weighted.index_add_(0, pixel, weight * evidence(view, gaussian).to(weight))
+    alpha = torch.zeros_like(weighted).index_add_(0, pixel, weight)
+    seen = alpha > 0
+    return torch.where(seen, weighted / torch.where(seen, alpha, 1.0), 1.0).sqrt()
+
 
 @dataclass(frozen=True)
 class _Shard:
@@ -99,6 +124,8 @@ class SplatLinearSystem(ABC):
         dtype, device: of every product's result.
         alpha: the coverage `W 1` of every view, `[N, 1, h, w]`.
         storage: how the weights are held ("stored", "compact" or "matrix_free").
+        root_weights: the square roots of the pixels' weights in the fit, `[N, 1, h, w]` (module docstring; None
+            where every pixel counts the same).
     """
 
     num_views: int
@@ -109,6 +136,7 @@ class SplatLinearSystem(ABC):
     device: torch.device
     alpha: Tensor
     storage: str
+    root_weights: Tensor | None  # [N, 1, h, w] square roots of the pixels' weights (None: every pixel counts 1)
     _solver_row_sums: Tensor  # A~ 1, the closed form's denominator and the preconditioner
 
     @abstractmethod
@@ -168,7 +196,7 @@ class SplatLinearSystem(ABC):
         """Least-squares features whose render matches `content` (module docstring): the closed form, then CG.
 
         Args:
-            content: the covered content `y` of every view (what `W z` should equal).
+            content: the covered content `y` of every view (what `W z` should equal), unweighted.
             previous: the warm start; also the value of Gaussians no view sees.
             unseen: the value of unseen Gaussians without `previous`.
             damping: lambda, the pull towards the closed form.
@@ -181,10 +209,13 @@ class SplatLinearSystem(ABC):
                 row sums, `A p`, the squared error) is added over the processes, and each gets the whole answer.
         """
         total = shard.sum if shard is not None else lambda tensor: tensor
+        content = content.to(self.dtype)
+        if self.root_weights is not None:
+            content = content * self.root_weights
         row_sums = total(self._solver_row_sums)
         seen = row_sums > 0
         if previous is None:
-            b = self._solver_back_project(content.to(self.dtype).permute(0, 2, 3, 1).reshape(-1, content.shape[1]))
+            b = self._solver_back_project(content.permute(0, 2, 3, 1).reshape(-1, content.shape[1]))
             b = total(b)
             fallback = torch.full_like(b, unseen)
         else:
@@ -239,6 +270,7 @@ class SplatLeastSquares(SplatLinearSystem):
         solver_cutoff: weights below this are left out of the fit's A and b (see `SplatBridgeConfig.solver_cutoff`;
             0: none).
         value_dtype: the dtype the weights are stored in (None: the weights' own).
+        evidence: the weight of each Gaussian in each view (`Evidence`; None: every pixel counts the same).
     """
 
     def __init__(
@@ -251,6 +283,7 @@ class SplatLeastSquares(SplatLinearSystem):
         normal_matrix: NormalMatrix = "auto",
         solver_cutoff: float = 0.0,
         value_dtype: torch.dtype | None = None,
+        evidence: Evidence | None = None,
     ) -> None:
         if normal_matrix not in ("auto", "assembled", "implicit"):
             raise InputError(f"normal_matrix must be 'auto', 'assembled' or 'implicit', got {normal_matrix!r}")
@@ -265,7 +298,7 @@ class SplatLeastSquares(SplatLinearSystem):
         pixels = height * width
         chunk = _view_slicer(weights, num_views, pixels) if isinstance(weights, Tensor) else weights
 
-        shards, solver_shards, alphas = [], [], []
+        shards, solver_shards, alphas, roots = [], [], [], []
         solver_row_sums = None
         self.nnz = self.solver_nnz = 0
         for first in range(0, num_views, per_shard):
@@ -278,26 +311,39 @@ class SplatLeastSquares(SplatLinearSystem):
             values = part.values()
             self.dtype, self.device = values.dtype, values.device
             stored_dtype = self.dtype if value_dtype is None else value_dtype
-            shard, solver, alpha, row_sums = self._shard(first, count, rows, columns, values, stored_dtype)
+            root = None
+            if evidence is not None:
+                root = pixel_root_weights(rows, columns, values, evidence, first, pixels, count * pixels)
+            shard, solver, alpha, row_sums = self._shard(first, count, rows, columns, values, stored_dtype, root)
             del part, rows, columns, values  # one shard's uncompressed weights at a time
             shards.append(shard)
             solver_shards.append(solver)
             alphas.append(alpha)
+            roots.append(root)
             solver_row_sums = row_sums if solver_row_sums is None else solver_row_sums + row_sums
         self.shards, self._solver_shards = tuple(shards), tuple(solver_shards)
         self.storage = "stored" if value_dtype in (None, self.dtype) else "compact"
         self.alpha: Float[Tensor, "N 1 h w"] = (
             torch.cat(alphas).reshape(num_views, height, width, 1).permute(0, 3, 1, 2)
         )
+        self.root_weights = None if evidence is None else torch.cat(roots).reshape(num_views, 1, height, width)
         self._solver_row_sums = solver_row_sums
         self._assembled: Tensor | None = None
         self._decided = normal_matrix != "auto"
 
     def _shard(
-        self, first: int, count: int, rows: Tensor, columns: Tensor, values: Tensor, stored_dtype: torch.dtype
+        self,
+        first: int,
+        count: int,
+        rows: Tensor,
+        columns: Tensor,
+        values: Tensor,
+        stored_dtype: torch.dtype,
+        root: Tensor | None,
     ) -> tuple[_Shard, _Shard, Tensor, Tensor]:
         """One shard from its sorted COO weights (`rows` local to the shard): the full weights, the solver's (the same
-        shard unless the cutoff prunes some), the shard's alpha rows `[count h w, 1]` and its part of `A~ 1`."""
+        shard unless the cutoff prunes some or the pixels' weights `root ** 2` scale them), the shard's alpha rows
+        `[count h w, 1]` and its part of `A~ 1`."""
         shape = (count * self.height * self.width, self.num_gaussians)
         # 32-bit indices halve the memory traffic of sparse products (2.5x faster on CPU) wherever they fit.
         small = max(shape) < 2**31 and values.numel() < 2**31
@@ -307,14 +353,18 @@ class SplatLeastSquares(SplatLinearSystem):
         alpha = forward @ ones
         self.nnz += values.numel()
         kept = values >= self.solver_cutoff
-        if self.solver_cutoff > 0 and not bool(kept.all()):
-            rows, columns, values = rows[kept], columns[kept], values[kept]
-            pruned = csr_matrix(row_offsets(rows, shape[0]).to(index_dtype), columns.to(index_dtype), values, shape)
+        prunes = self.solver_cutoff > 0 and not bool(kept.all())
+        if prunes or root is not None:
+            if prunes:
+                rows, columns, values = rows[kept], columns[kept], values[kept]
+            if root is not None:
+                values = values * root[rows].to(values)
+            reduced = csr_matrix(row_offsets(rows, shape[0]).to(index_dtype), columns.to(index_dtype), values, shape)
             transposed = transpose_coo(rows, columns, values, shape, index_dtype)
-            row_sums = transposed @ (pruned @ ones)
+            row_sums = transposed @ (reduced @ ones)
             full = _Shard(first, count, with_values_dtype(forward, stored_dtype), None)
             solver = _Shard(
-                first, count, with_values_dtype(pruned, stored_dtype), with_values_dtype(transposed, stored_dtype)
+                first, count, with_values_dtype(reduced, stored_dtype), with_values_dtype(transposed, stored_dtype)
             )
         else:
             transposed = transpose_coo(rows, columns, values, shape, index_dtype)

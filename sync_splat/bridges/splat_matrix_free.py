@@ -10,10 +10,12 @@ answer is the stored fit's up to rounding.
 
 - Any device: the pure-torch compositor (`gaussian_weight_entries`) gives a chunk's weights as unsorted entries,
   applied by index-adds. `A p = W^T (W p)` uses one computation of a chunk's weights for both products, so a CG
-  iteration composites every view once. The solver's pruned weights (`solver_cutoff`) are a mask on the same entries.
+  iteration composites every view once. The solver's pruned weights (`solver_cutoff`) are a mask on the same entries,
+  and the pixels' weights (`evidence`) a scale on their rows.
 - CUDA with gsplat: `W p` is `gsplat.rasterization` of p and `W^T y` its backward pass with respect to the colours;
-  `A p` is one forward and one backward pass. gsplat cannot leave weights out, so this path solves the normal
-  equations of every weight (`solver_cutoff` only affects the CPU paths). Square-root renders, single views' matrices
+  `A p` is one forward and one backward pass, the pixels' weights applied to the images between them. gsplat cannot
+  leave weights out, so this path solves the normal equations of every weight (`solver_cutoff` only affects the CPU
+  paths). Square-root renders, single views' matrices
   and the entries of the starting noise come from the torch compositor, which runs on CUDA tensors too.
 
 What it costs: every product composites every view again, so a fit step costs its CG iterations plus two renders of
@@ -32,7 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sync_splat.bridges.csr import csr_matrix, row_offsets
-from sync_splat.bridges.splat_fit import SplatLinearSystem, _by_gaussian
+from sync_splat.bridges.splat_fit import Evidence, SplatLinearSystem, _by_gaussian, pixel_root_weights
 from sync_splat.errors import InputError
 from sync_splat.render.gaussians import gaussian_weight_entries, render_gaussians
 from sync_splat.render.gsplat_check import gsplat_works
@@ -45,6 +47,9 @@ MatrixFreeBackend = Literal["auto", "torch", "gsplat"]
 class _Chunk(Protocol):
     """The weights of a few consecutive views, for as long as one product needs them. `rows` stack the chunk's
     pixels `[count h w, C]`; `solver` selects the solver's (possibly pruned) weights."""
+
+    root: Tensor | None
+    """The square roots of the chunk's pixels' weights `[count h w, 1]` (None: 1), applied by the solver's products."""
 
     def render(self, features: Tensor, solver: bool) -> Tensor: ...
 
@@ -63,6 +68,8 @@ class MatrixFreeSplatSystem(SplatLinearSystem):
         solver_cutoff: weights below this are left out of the fit's A and b, as in `SplatLeastSquares`.
         antialiased: gsplat's antialiased rasterisation.
         backend: "torch" (the compositor, any device), "gsplat" (CUDA tensors) or "auto" (gsplat where it works).
+        evidence: the weight of each Gaussian in each view (`sync_splat.bridges.splat_fit.Evidence`; None: every pixel
+            counts the same).
     """
 
     storage = "matrix_free"
@@ -76,6 +83,7 @@ class MatrixFreeSplatSystem(SplatLinearSystem):
         solver_cutoff: float = 0.0,
         antialiased: bool = False,
         backend: MatrixFreeBackend = "auto",
+        evidence: Evidence | None = None,
     ) -> None:
         if views_per_chunk < 1:
             raise InputError(f"views_per_chunk must be at least 1, got {views_per_chunk}")
@@ -95,17 +103,24 @@ class MatrixFreeSplatSystem(SplatLinearSystem):
             scene.means, scene.quats_wxyz, scene.log_scales.exp(), torch.sigmoid(scene.opacity_logits)
         )  # fmt: skip
 
-        # One pass for alpha = W 1 and the row sums A~ 1 = W~^T (W~ 1) (W^T alpha unpruned).
+        # One pass for alpha = W 1, the pixels' weights and the row sums A~ 1 = W~^T (W~ 1) (W^T alpha unpruned and
+        # unweighted).
+        self.root_weights = None
         ones = torch.ones(self.num_gaussians, 1, dtype=self.dtype, device=self.device)
-        alphas, row_sums = [], torch.zeros(self.num_gaussians, 1, dtype=self.dtype, device=self.device)
+        alphas, roots, row_sums = [], [], torch.zeros(self.num_gaussians, 1, dtype=self.dtype, device=self.device)
         for first, count in self._chunks():
             chunk = self._chunk(first, count)
             alpha = chunk.render(ones, solver=False)
             alphas.append(alpha)
-            solver_alpha = chunk.render(ones, solver=True) if self._prunes() else alpha
+            if evidence is not None:
+                chunk.root = self._chunk_roots(chunk, evidence, first, count, alpha)
+                roots.append(chunk.root)
+            solver_alpha = chunk.render(ones, solver=True) if self._prunes() or evidence is not None else alpha
             row_sums = row_sums + chunk.back_project(solver_alpha, solver=True)
         pixels = (self.num_views, self.height, self.width, 1)
         self.alpha: Float[Tensor, "N 1 h w"] = torch.cat(alphas).reshape(pixels).permute(0, 3, 1, 2)
+        if evidence is not None:
+            self.root_weights = torch.cat(roots).reshape(pixels).permute(0, 3, 1, 2)
         self._solver_row_sums = row_sums
 
     @property
@@ -132,12 +147,32 @@ class MatrixFreeSplatSystem(SplatLinearSystem):
         )  # fmt: skip
 
     def _chunk(self, first: int, count: int) -> _Chunk:
+        """Views `[first, first + count)`' weights, their rows scaled by the pixels' weights once those are known."""
         if self.backend == "gsplat":
             cameras = (self.cameras.viewmats[first : first + count], self.cameras.Ks[first : first + count])
-            return _GsplatChunk(self._geometry, *cameras, self.width, self.height, self.antialiased)
-        pixel, gaussian, weight = self._entries(first, count)
-        return _EntriesChunk(pixel, gaussian, weight, count * self.height * self.width, self.num_gaussians,
-                             self.solver_cutoff)  # fmt: skip
+            chunk: _Chunk = _GsplatChunk(self._geometry, *cameras, self.width, self.height, self.antialiased)
+        else:
+            pixel, gaussian, weight = self._entries(first, count)
+            chunk = _EntriesChunk(pixel, gaussian, weight, count * self.height * self.width, self.num_gaussians,
+                                  self.solver_cutoff)  # fmt: skip
+        if self.root_weights is not None:
+            chunk.root = self._rows(self.root_weights[first : first + count])
+        return chunk
+
+    def _chunk_roots(self, chunk: _Chunk, evidence: Evidence, first: int, count: int, alpha: Tensor) -> Tensor:
+        """`sqrt(W_v e_v / alpha_v)` of views `[first, first + count)`' pixels `[count h w, 1]`, 1 where nothing is
+        seen."""
+        pixels = self.height * self.width
+        if isinstance(chunk, _EntriesChunk):
+            pixel, gaussian, weight = chunk.full
+            return pixel_root_weights(pixel, gaussian, weight, evidence, first, pixels, chunk.num_rows)[:, None]
+        gaussians = torch.arange(self.num_gaussians, device=self.device)
+        views = range(first, first + count)
+        per_view = torch.stack([evidence(torch.full_like(gaussians, view), gaussians) for view in views])
+        renders = chunk.render(per_view.T.to(self.dtype), solver=False)  # every view's evidence in every view
+        own = renders.reshape(count, pixels, count).diagonal(dim1=0, dim2=2).T.reshape(-1, 1)
+        seen = alpha > 0
+        return torch.where(seen, own / torch.where(seen, alpha, 1.0), 1.0).sqrt()
 
     def _rows(self, images: Float[Tensor, "N C h w"]) -> Float[Tensor, "NHW C"]:
         return images.to(self.dtype).permute(0, 2, 3, 1).reshape(-1, images.shape[1])
@@ -220,14 +255,18 @@ class _EntriesChunk:
         else:
             self.solver = self.full
         self.num_rows, self.num_gaussians = num_rows, num_gaussians
+        self.root: Tensor | None = None
 
     def render(self, features: Tensor, solver: bool) -> Tensor:
         pixel, gaussian, weight = self.solver if solver else self.full
         rows = torch.zeros(self.num_rows, features.shape[1], dtype=features.dtype, device=features.device)
-        return rows.index_add_(0, pixel, weight[:, None] * features[gaussian])
+        rows.index_add_(0, pixel, weight[:, None] * features[gaussian])
+        return rows * self.root if solver and self.root is not None else rows
 
     def back_project(self, rows: Tensor, solver: bool) -> Tensor:
         pixel, gaussian, weight = self.solver if solver else self.full
+        if solver and self.root is not None:
+            rows = rows * self.root
         total = torch.zeros(self.num_gaussians, rows.shape[1], dtype=rows.dtype, device=rows.device)
         return total.index_add_(0, gaussian, weight[:, None] * rows[pixel])
 
@@ -246,6 +285,7 @@ class _GsplatChunk:
         self.viewmats, self.Ks = viewmats.float(), Ks.float()
         self.width, self.height, self.antialiased = width, height, antialiased
         self.dtype = geometry[0].dtype
+        self.root: Tensor | None = None
 
     def _rasterize(self, colors: Tensor) -> Tensor:
         """`W colors` stacked over the chunk's pixels `[count h w, C]`, differentiable with respect to `colors`."""
@@ -267,9 +307,12 @@ class _GsplatChunk:
 
     def render(self, features: Tensor, solver: bool) -> Tensor:
         with torch.no_grad():
-            return self._rasterize(features.float()).to(self.dtype)
+            rows = self._rasterize(features.float()).to(self.dtype)
+        return rows * self.root if solver and self.root is not None else rows
 
     def back_project(self, rows: Tensor, solver: bool) -> Tensor:
+        if solver and self.root is not None:
+            rows = rows * self.root
         colors = torch.zeros(self.geometry[0].shape[0], rows.shape[1], device=rows.device, requires_grad=True)
         with torch.enable_grad():
             (gradient,) = torch.autograd.grad(self._rasterize(colors), colors, grad_outputs=rows.float())
@@ -279,7 +322,8 @@ class _GsplatChunk:
         colors = features.detach().float().requires_grad_(True)
         with torch.enable_grad():
             images = self._rasterize(colors)
-            (gradient,) = torch.autograd.grad(images, colors, grad_outputs=images.detach())
+            weighted = images.detach() if self.root is None else images.detach() * self.root.float().square()
+            (gradient,) = torch.autograd.grad(images, colors, grad_outputs=weighted)
         return gradient.to(self.dtype)
 
 

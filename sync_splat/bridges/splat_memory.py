@@ -180,6 +180,7 @@ def predict_fit_memory(
     normal_matrix: str = "auto",
     views_per_shard: int | None = None,
     integral_noise: WeightSample | None = None,
+    weighted: bool = False,
 ) -> FitMemory:
     """The bytes of the fit at every resolution in `samples`, with its weights held as `storage` (module docstring).
 
@@ -190,6 +191,9 @@ def predict_fit_memory(
         normal_matrix: `SplatBridgeConfig.normal_matrix` ("implicit": no A; matrix-free never assembles).
         views_per_shard: `SplatBridgeConfig.views_per_shard` (None: `WeightSample.views_per_chunk`).
         integral_noise: the resolution whose every weight the "integral" starting noise holds at once, if it is drawn.
+        weighted: whether pixels count unequally in the fit (`SplatBridgeConfig.cos_power`): the solver's weights
+            are then a scaled copy even where the cutoff prunes none, and building them reads each weight's view,
+            Gaussian position, axis and ray.
     """
     d = torch.tensor([], dtype=dtype).element_size()
     v = torch.tensor([], dtype=COMPACT_DTYPE).element_size() if storage == "compact" else d
@@ -201,15 +205,18 @@ def predict_fit_memory(
         shards = math.ceil(n / per_chunk)
         chunk_weights = sample.weights_per_view * per_chunk
         solver += (rows + g) * d + _CG_VECTORS * g * c * d + _IMAGE_STACKS * rows * c * d
+        if weighted:  # the pixels' weights
+            solver += rows * d
         if storage == "matrix_free":
             # The chunk's entries (pixel, Gaussian, weight, depth) twice while the compositor joins its pieces, then
             # the gathered products [E, 2C] of a warm start.
-            transient = max(transient, chunk_weights * (2 * (16 + 2 * d) + 2 * 2 * c * d) + COMPOSITOR_WORKING_BYTES)
+            per_weight = 2 * (16 + 2 * d) + 2 * 2 * c * d + (8 + 12 * d if weighted else 0)
+            transient = max(transient, chunk_weights * per_weight + COMPOSITOR_WORKING_BYTES)
             continue
-        pruned = sample.solver_weights < sample.weights
+        separate = weighted or sample.solver_weights < sample.weights
         weights += _INDEX_BYTES * (rows + shards) + sample.weights * (_INDEX_BYTES + v)  # W
         transposes = _INDEX_BYTES * shards * (g + 1)
-        if pruned:  # W~ and W~^T
+        if separate:  # W~ and W~^T
             weights += _INDEX_BYTES * (rows + shards) + transposes + 2 * sample.solver_weights * (_INDEX_BYTES + v)
         else:  # W^T
             weights += transposes + sample.weights * (_INDEX_BYTES + v)
@@ -221,7 +228,7 @@ def predict_fit_memory(
         normal += (_INDEX_BYTES * (g + 1) + nnz_a * (_INDEX_BYTES + d)) if nnz_a else 0.0
         # Building a shard: the compositor's entries and the sorted COO copy (indices int64) with its sort's scratch,
         # then its CSR arrays; assembling A: the int64-indexed product before its indices are narrowed.
-        build = chunk_weights * (64 + 2 * d) + COMPOSITOR_WORKING_BYTES
+        build = chunk_weights * (64 + 2 * d + (8 + 12 * d if weighted else 0)) + COMPOSITOR_WORKING_BYTES
         transient = max(transient, build, nnz_a / shards * (16 + d) if nnz_a else 0.0)
     if integral_noise is not None:
         # Every entry (Gaussian, pixel, value), its sort key and order, the sorted copies, and the noise's per-entry
@@ -279,6 +286,7 @@ def plan_fit_memory(
     views_per_shard: int | None = None,
     integral_noise: WeightSample | None = None,
     shard: ViewShard | None = None,
+    weighted: bool = False,
 ) -> MemoryPlan:
     """Predict every storage's bytes and choose one (module docstring); warn when "auto" had to leave "stored".
 
@@ -289,7 +297,7 @@ def plan_fit_memory(
         InputError: when the requested storage (with "auto": the matrix-free fit) does not fit the budget.
     """
     options = tuple(
-        predict_fit_memory(samples, option, dtype, normal_matrix, views_per_shard, integral_noise)
+        predict_fit_memory(samples, option, dtype, normal_matrix, views_per_shard, integral_noise, weighted)
         for option in STORAGES
     )
     if budget_gb is not None:

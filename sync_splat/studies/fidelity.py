@@ -9,6 +9,8 @@ compare like with like:
 - `band_powers`: the radially averaged power of each image's masked, mean-removed values in frequency bands
   (detail), normalised by the masked fraction;
 - `lag_correlation`: the correlation of horizontally and vertically neighbouring pixels (whiteness of noise);
+- `shared_correlation`: the correlation of two views' pixels that see the same part of one Gaussian (consistency of
+  a splat bridge's noise; `same_surface_pixels` finds them);
 - `component_fractions`: how often each mixture component is the most likely one, under the noise-aware posterior.
 
 Images are in the denoiser's space, `[N, C, h, w]`; masks are `[N, 1, h, w]` booleans.
@@ -20,6 +22,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sync_splat.bridges.splat_fit import SplatLinearSystem
 from sync_splat.denoisers.prior import GaussianTexturePrior
 
 BANDS: tuple[float, ...] = (0.0, 0.0625, 0.125, 0.25, 0.75)
@@ -87,3 +90,33 @@ def component_fractions(prior: GaussianTexturePrior, x: Float[Tensor, "N 3 h w"]
 
 
 __all__ = ["BANDS", "band_powers", "component_fractions", "lag_correlation", "masked_std"]
+
+
+def same_surface_pixels(
+    system: SplatLinearSystem, first: int, second: int, dominance: float = 0.3
+) -> tuple[Tensor, Tensor]:
+    """Flat pixel indices of views `first` and `second` where one Gaussian has more than `dominance` of the
+    compositing weight in both, one pixel per Gaussian and view, where its weight peaks (nearest its centre): about
+    the same part of one surface, seen twice."""
+    strongest = []
+    for view in (first, second):
+        weight, gaussian = system.view_matrix(view).to_dense().max(dim=1)  # [h w]
+        pixels = torch.nonzero(weight > dominance).squeeze(1)
+        pixels = pixels[torch.argsort(weight[pixels], stable=True)]  # the last pixel kept per Gaussian: its peak
+        strongest.append(dict(zip(gaussian[pixels].tolist(), pixels.tolist(), strict=True)))
+    both = sorted(set(strongest[0]) & set(strongest[1]))
+    return torch.tensor([strongest[0][g] for g in both]), torch.tensor([strongest[1][g] for g in both])
+
+
+def shared_correlation(
+    x: Float[Tensor, "S N C h w"], system: SplatLinearSystem, pairs: list[tuple[int, int]]
+) -> float | None:
+    """The correlation of unit-variance, zero-mean noise `x` (draws S of every view) at the pixels of each pair of
+    views that see the same surface (`same_surface_pixels`), pooled over the pairs; None where no pair shares any."""
+    products, count = 0.0, 0
+    for first, second in pairs:
+        a, b = same_surface_pixels(system, first, second)
+        if len(a):
+            products += float((x[:, first].flatten(2)[:, :, a] * x[:, second].flatten(2)[:, :, b]).double().sum())
+            count += x.shape[0] * x.shape[2] * len(a)
+    return products / count if count else None

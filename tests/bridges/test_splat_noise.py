@@ -12,7 +12,7 @@ from sync_splat.apps.restyle import orbit_cameras
 from sync_splat.bridges.splat import GaussianSplatBridge, SplatBridgeConfig
 from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.scene.demo import make_demo_scene
-from sync_splat.studies.fidelity import lag_correlation
+from sync_splat.studies.fidelity import lag_correlation, same_surface_pixels, shared_correlation
 
 SIZE = 48
 
@@ -27,20 +27,6 @@ def bridge(noise: str) -> GaussianSplatBridge:
 
 def draws(noise: str, seeds: int = 4) -> torch.Tensor:
     return torch.stack([bridge(noise).initial_noise(torch.Generator().manual_seed(s))[1] for s in range(seeds)])
-
-
-def dominant_pairs(splat: GaussianSplatBridge, first: int, second: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixels of two views that one Gaussian dominates (weight > 0.3) in both, the pixels nearest each other in its
-    footprint: the same part of the same surface."""
-    system = splat.linear_system("instance")
-    pairs = []
-    for view in (first, second):
-        dense = system.view_matrix(view).to_dense()  # [h w, G]
-        weight, gaussian = dense.max(dim=1)
-        strongest = zip(gaussian.tolist(), weight.tolist(), strict=True)
-        pairs.append({int(g): p for p, (g, w) in enumerate(strongest) if w > 0.3})
-    shared = sorted(set(pairs[0]) & set(pairs[1]))
-    return torch.tensor([pairs[0][g] for g in shared]), torch.tensor([pairs[1][g] for g in shared])
 
 
 @pytest.mark.parametrize("noise", ["integral", "sqrt_weights"])
@@ -61,16 +47,17 @@ def test_integral_noise_is_white_and_sqrt_weights_noise_is_not() -> None:
 
 
 def test_integral_noise_is_shared_where_views_see_the_same_surface() -> None:
-    splat = bridge("integral")
-    first, second = dominant_pairs(splat, 0, 1)
+    system = bridge("integral").linear_system("instance")
+    first, second = same_surface_pixels(system, 0, 1)
     assert len(first) > 30
     x = draws("integral", seeds=8)  # [S, N, C, h, w]
+    shared = shared_correlation(x, system, [(0, 1)])
+    assert shared is not None and shared > 0.1  # independent views would give 0 +- 0.02 here
     a = x[:, 0].flatten(2)[:, :, first]
-    b = x[:, 1].flatten(2)[:, :, second]
-    shared = float((a * b).mean())  # both unit variance, zero mean: the correlation
-    assert shared > 0.1  # independent views would give 0 +- 0.02 here
     unrelated = float((a * x[:, 1].flatten(2)[:, :, second.roll(7)]).mean())
     assert abs(unrelated) < 0.05
+    independent = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    assert abs(shared_correlation(independent, system, [(0, 1)])) < 0.05
 
 
 def test_latent_canonical_noise_is_the_gaussians_own() -> None:

@@ -17,7 +17,9 @@ sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, 
   disagreed and the canonical answer averaged them);
 - lag1: the largest lag-1 correlation of the starting noise x_T over covered neighbouring pixels (white: ~0);
 - shared: for splats, the correlation of x_T at the same part of one Gaussian seen by neighbouring views
-  (consistency: 0 for independent noise per view).
+  (consistency: 0 for independent noise per view);
+- one-view b3, b4: for splats, the two finest band ratios of exact prior samples fitted through one view at a time
+  and rendered back (nothing averaged): how much detail the Gaussians can hold at all at this view size.
 
 Each ratio r counts as max(r, 1/r). The last line is
 `RESULT worst_std_ratio=<x> worst_band_ratio=<x> heldout_worst_std_ratio=<x> noise_lag1=<x> noise_shared=<x>` over
@@ -71,11 +73,12 @@ CONTROL = "wide-control"
 @dataclass(frozen=True)
 class Setting:
     """One bridge to measure: the instance bridge, a held-out bridge on the same canonical space, and (splats) the
-    pairs of pixels that see the same surface point in two views."""
+    bridge of each instance view alone."""
 
     name: str
     instance: Bridge
     held_out: Bridge
+    one_view: Callable[[int], Bridge] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Row:
     fit_db: float
     lag1: float
     shared: float | None
+    one_view: tuple[float, ...] | None = None
 
     def worst_band(self, held_out: bool = False) -> float:
         return max(symmetric(r) for r in (self.held_out_bands if held_out else self.bands))
@@ -189,7 +193,10 @@ class FidelityBench:
                 top_views=0, fov_deg=50.0, size=(cameras.width, cameras.height),
             )  # fmt: skip
             held_out = turned(ring, centre, 180.0 / self.splat_views)
-            return Setting(name, config.setup(prior, scene, cameras), config.setup(prior, scene, held_out))
+            return Setting(
+                name, config.setup(prior, scene, cameras), config.setup(prior, scene, held_out),
+                lambda view: config.setup(prior, scene, cameras.subset([view])),
+            )  # fmt: skip
         if name == "mesh-clutch":
             mesh = MeshAsset.load(fixture("clutch_bag.obj"))
             config = MeshBridgeConfig(device="cpu")
@@ -241,11 +248,28 @@ class FidelityBench:
         error = (torch.cat(last_views) - torch.cat(finals))[covered].double().square().mean()
         fit_db = float(10 * torch.log10(4.0 / error)) if error > 0 else math.inf  # peak-to-peak 2 in [-1, 1]
         lag1 = lag_correlation(torch.cat(starts), masks)
-        shared = None
+        shared = one_view = None
         if name.startswith("splat"):
             ring = [(view, view + 1) for view in range(self.splat_views - 1)]  # neighbours on the orbit
             shared = shared_correlation(torch.stack(starts), bridge.linear_system("instance"), ring)
-        return Row(name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, shared)
+        if setting.one_view is not None:
+            one_view = self.one_view_ratios(prior, setting.one_view, bridge.num_views)
+        return Row(name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, shared, one_view)
+
+    def one_view_ratios(
+        self, prior: GaussianTexturePrior, one_view: Callable[[int], Bridge], num_views: int
+    ) -> tuple[float, ...]:
+        """What the canonical space can hold of an exact prior sample seen through one view: the std and band ratios
+        of `f(g(y))` over `y`, each view fitted alone (nothing to average), through the same masks."""
+        fitted, samples, masks = [], [], []
+        for view in range(num_views):
+            bridge = one_view(view)
+            sample = prior.sample(1, *bridge.instance_shape[1:], torch.Generator().manual_seed(100 + view))
+            fitted.append(bridge.project(bridge.unproject(sample), background=sample).cpu())
+            samples.append(sample.cpu())
+            masks.append(bridge.coverage().cpu() > 0.99)
+        x, y, mask = torch.cat(fitted), torch.cat(samples), torch.cat(masks)
+        return (masked_std(x, mask) / masked_std(y, mask), *(band_powers(x, mask) / band_powers(y, mask)).tolist())
 
     @staticmethod
     def ratios(x: Tensor, masks: Tensor, reference: Tensor) -> tuple[float, tuple[float, ...]]:
@@ -261,7 +285,7 @@ class FidelityBench:
 
     HEADER = (
         "| bridge | preset | noise | std | b1 | b2 | b3 | b4 | held-out std | held-out worst band | mix | fit dB | "
-        "lag1 | shared |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "lag1 | shared | one-view b3 | one-view b4 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
 
     @staticmethod
@@ -269,9 +293,11 @@ class FidelityBench:
         bands = " | ".join(f"{b:.2f}" for b in row.bands)
         mix = "-" if row.mix is None else f"{row.mix:.2f}"
         shared = "-" if row.shared is None else f"{row.shared:.2f}"
+        one_view = "- | -" if row.one_view is None else f"{row.one_view[3]:.2f} | {row.one_view[4]:.2f}"
         return (
             f"| {row.bridge} | {row.preset} | {row.noise} | {row.std:.2f} | {bands} | {row.held_out_std:.2f} | "
-            f"{row.worst_band(held_out=True):.2f} | {mix} | {row.fit_db:.1f} | {row.lag1:.3f} | {shared} |"
+            f"{row.worst_band(held_out=True):.2f} | {mix} | {row.fit_db:.1f} | {row.lag1:.3f} | {shared} | "
+            f"{one_view} |"
         )
 
     def table(self, rows: list[Row]) -> str:

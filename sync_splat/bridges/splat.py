@@ -62,8 +62,9 @@ from sync_splat.scene.gaussians import GaussianScene
 SplatNoise = Literal["integral", "sqrt_weights"]
 
 MIN_EVIDENCE = 1e-3
-"""The least weight of a Gaussian's evidence in the fit (`SplatBridgeConfig.cos_power`): a Gaussian that every view
-sees edge-on still takes its colour from them."""
+"""The least weight of a Gaussian's evidence in the fit (`SplatBridgeConfig.cos_power`): views that see a Gaussian at
+a slant still count a little, so one whose squarest camera does not see it (it is hidden there) still takes its
+colour from the views that do."""
 
 _LOG = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ answer is the stored fit's up to rounding.
 - CUDA with gsplat: `W p` is `gsplat.rasterization` of p and `W^T y` its backward pass with respect to the colours;
   `A p` is one forward and one backward pass, the pixels' weights applied to the images between them. gsplat cannot
   leave weights out, so this path solves the normal equations of every weight (`solver_cutoff` only affects the CPU
-  paths). Square-root renders, single views' matrices
-  and the entries of the starting noise come from the torch compositor, which runs on CUDA tensors too.
+  paths). Square-root renders, single views' matrices and the entries of the starting noise come from the torch
+  compositor, which runs on CUDA tensors too.
 
 What it costs: every product composites every view again, so a fit step costs its CG iterations plus two renders of
 all views, where the stored fit reads its weights instead. What it holds: alpha, the row sums, the CG vectors, and
@@ -167,10 +167,10 @@ class MatrixFreeSplatSystem(SplatLinearSystem):
             pixel, gaussian, weight = chunk.full
             return pixel_root_weights(pixel, gaussian, weight, evidence, first, pixels, chunk.num_rows)[:, None]
         gaussians = torch.arange(self.num_gaussians, device=self.device)
-        views = range(first, first + count)
-        per_view = torch.stack([evidence(torch.full_like(gaussians, view), gaussians) for view in views])
-        renders = chunk.render(per_view.T.to(self.dtype), solver=False)  # every view's evidence in every view
-        own = renders.reshape(count, pixels, count).diagonal(dim1=0, dim2=2).T.reshape(-1, 1)
+        own = torch.cat([
+            self._chunk(view, 1).render(evidence(torch.full_like(gaussians, view), gaussians)[:, None], solver=False)
+            for view in range(first, first + count)
+        ])  # fmt: skip
         seen = alpha > 0
         return torch.where(seen, own / torch.where(seen, alpha, 1.0), 1.0).sqrt()
 

@@ -203,10 +203,8 @@ class FidelityBench:
             held_out = replace(config, azimuths=7, elevation_deg=15.0, upper_azimuths_deg=(90.0,))
             return Setting(name, config.setup(prior, mesh), held_out.setup(prior, mesh))
         if name.startswith("panorama"):
-            # Views of the prior's native side and rows matched to them, as Stable Diffusion's defaults (64-latent
-            # views, 160 rows); the prior's own CLI default (256 rows, 102-pixel views) is sized for a legible PNG.
-            default = PanoramaConfig(prompt=prior.name).bridge_config()
-            config = replace(default, height=None, view_size=prior.native_size, device="cpu")
+            # The product's default: views of the denoiser's native side, `texel_oversample` texels per view pixel.
+            config = replace(PanoramaConfig(prompt=prior.name).bridge_config(), device="cpu")
             depth = depth_room() if name == "panorama-depth" else None
             held_out = replace(config, elevations_deg=(20.0, -25.0), views_per_ring=5, pole_views=False)
             return Setting(name, config.setup(prior, depth), held_out.setup(prior, depth))

@@ -9,11 +9,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from sync_splat.apps.paint_panorama import PRIOR_HEIGHT, PanoramaConfig, paint_panorama
+from sync_splat.apps.paint_panorama import PanoramaConfig, paint_panorama
 from sync_splat.apps.run_record import RunRecord
 from sync_splat.errors import InputError
 
-QUICK = PanoramaConfig(prompt="clouds", steps=8, height=16)
+QUICK = PanoramaConfig(prompt="clouds", steps=8, height=16, texel_oversample=1)  # 16 x 32, 6-pixel views
 
 
 def test_paints_a_png_of_the_right_size(tmp_path) -> None:
@@ -32,10 +32,12 @@ def test_paints_a_png_of_the_right_size(tmp_path) -> None:
     assert result.rgb01.shape == (3, 16, 32)
 
 
-def test_default_prior_panorama_is_a_legible_preview() -> None:
-    config = PanoramaConfig()
-    assert config.bridge_config().resolution(native_view_size=64) == (PRIOR_HEIGHT, 102) == (256, 102)
-    assert PanoramaConfig(denoiser="sd").bridge_config().resolution(native_view_size=64) == (160, 64)
+def test_default_panorama_has_four_texels_per_view_pixel() -> None:
+    """Native views (64 pixels or latents) and 640 rows: 4 texels per view pixel at 72 degrees, with either model."""
+    for denoiser in ("prior", "sd"):
+        config = PanoramaConfig(denoiser=denoiser).bridge_config()
+        assert config.resolution(native_view_size=64) == (640, 64)
+    assert PanoramaConfig(texel_oversample=1).bridge_config().resolution(native_view_size=64) == (160, 64)
 
 
 def test_refuses_to_overwrite_and_leaves_the_file_alone(tmp_path) -> None:

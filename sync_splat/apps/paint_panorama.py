@@ -31,10 +31,6 @@ from sync_splat.scene.depth_maps import read_depth_map
 from sync_splat.scene.files import check_outputs, staged_files
 from sync_splat.scene.images import write_png
 
-PRIOR_HEIGHT = 256
-"""Panorama rows with the prior when `height` is None: a 256 x 512 panorama seen by 102-pixel views, seconds on a
-CPU."""
-
 
 @dataclass(frozen=True)
 class PanoramaConfig(SamplingSettings):
@@ -44,10 +40,14 @@ class PanoramaConfig(SamplingSettings):
     """The text prompt. With the prior it names a texture preset (marble, wood, stripes, clouds, camouflage,
     terrazzo, granite)."""
     height: int | None = None
-    """Panorama rows in the denoiser's space (the PNG has height x 8 rows with SD); None: 256 with the prior, and with
-    SD the views' angular resolution (160 latent rows, a 1280 x 2560 PNG)."""
+    """Panorama rows in the denoiser's space; None: `texel_oversample` texels per view pixel (640 rows for 64-pixel
+    or 64-latent views). The PNG has the panorama's rows with the prior, and the decoded views' angular resolution
+    with SD (a 1280 x 2560 PNG for 512-pixel views)."""
     view_size: int | None = None
-    """Side of each view in the denoiser's space; None: matched to height with the prior, SD's native 64 latents."""
+    """Side of each view in the denoiser's space; None: the model's native size (64), or matched to height when only
+    height is given."""
+    texel_oversample: int = 4
+    """Panorama texels per view pixel along each axis (1: matched, which loses fine detail to resampling)."""
     elevations_deg: tuple[float, ...] = (0.0, 45.0, -45.0)
     """Pitch of each ring of 8 views (the paper uses only 0, which leaves latitudes beyond about 40 degrees unseen)."""
     pole_views: bool = True
@@ -69,20 +69,19 @@ class PanoramaConfig(SamplingSettings):
     more of the views' contrast, docs/fidelity.md)."""
     border_feather: float = 0.5
     """The weights also ramp from 0 at a view's edge over this fraction of its half-width (0: a hard edge)."""
-    noise_oversample: int = 2
-    """Initial noise is drawn this many times finer than the panorama, so no view repeats a noise value."""
+    noise_oversample: int | None = None
+    """Initial noise is drawn this many times finer than the panorama, so no view repeats a noise value (None: at
+    least twice as fine as the views' pixels)."""
     export_decode: Literal["auto", "panorama", "views"] = "auto"
     """How the PNG is decoded: the whole panorama at once, or per view and averaged in RGB (auto: the panorama for
     the prior, the views for SD, whose VAE decodes the stretched polar rows of a latent panorama poorly)."""
 
     def bridge_config(self) -> PanoramaBridgeConfig:
         """The bridge settings with this config's resolution and views."""
-        height = self.height
-        if height is None and self.view_size is None and self.denoiser == "prior":
-            height = PRIOR_HEIGHT
         return PanoramaBridgeConfig(
-            height=height,
+            height=self.height,
             view_size=self.view_size,
+            texel_oversample=self.texel_oversample,
             fov_deg=self.fov_deg,
             elevations_deg=tuple(self.elevations_deg),
             pole_views=self.pole_views,

@@ -4,9 +4,10 @@ in `sync_splat.functional.equirect` and docs/conventions.md).
 Canonical variable `z`: one equirectangular image `[C, Ht, 2 Ht]` **in the denoiser's space** (SD latents, or the
 pixels of a pixel-space prior), so `f` and `g` are linear and every case of the paper runs on it. (The official
 code's alternative, an RGB panorama that every aggregation decodes into and re-encodes out of, costs a VAE round trip
-per view per step and supports only the x0 cases; it is not implemented.) Its default resolution matches the views'
-angular resolution (`Ht = 180 * view_size / fov`: 160 latent rows for SD's 64-latent views at 72 degrees) rather
-than the official 2048 x 4096 latent, about 13x denser than the views (docs/official_differences.md).
+per view per step and supports only the x0 cases; it is not implemented.) Its default resolution is 4 texels per
+view pixel along each axis (`Ht = texel_oversample * 180 * view_size / fov`: 640 latent rows for SD's 64-latent views
+at 72 degrees), so f and g do not low-pass the views as resampling between grids of one spacing would; the official
+2048 x 4096 latent is about 13x denser than its views (docs/official_differences.md).
 
 Views: pinhole cameras at the centre (OpenCV axes inside), `view_size` pixels square, field of view `fov_deg`. The
 paper's ring is 8 views at yaws 0, 45, ..., 315 degrees, pitch 0, FOV 72 degrees (view 4 looks at the seam); it
@@ -26,11 +27,12 @@ the reference view of ring attention), then the top and bottom views.
   coverage never blend in zeros. The fill copies values through an index fixed by the geometry, so g stays linear.
 - Initial noise: `z_T ~ N(0, I)` and `x_T` by **nearest** sampling, which copies unit-variance values (bilinear
   sampling would average up to four texels, lowering the variance to as little as 1/4) and gives views that see the
-  same spot the same value. The noise is drawn `noise_oversample` times finer than the canonical grid: view pixels
-  near a view's border are smaller than a texel at matched resolution, and nearest sampling of the canonical grid
-  would copy one value into neighbouring pixels, noise correlations the denoiser never saw (at k = 1, 13% of the
-  pixels of a 64-pixel view repeat another pixel's value; at k = 2, none). `z_T` is the fine noise summed over each
-  texel's k x k block divided by k: exactly unit variance, the same white noise seen at the canonical resolution.
+  same spot the same value. The noise is drawn k times finer than the canonical grid (`noise_cells`), at least twice
+  as fine as the views' pixels: pixels near a view's border are smaller than a texel at matched resolution, and
+  nearest sampling of a grid that coarse would copy one value into neighbouring pixels, noise correlations the
+  denoiser never saw (at matched resolution and k = 1, 13% of the pixels of a 64-pixel view repeat another pixel's
+  value; at k = 2, none; at the default 4 texels per pixel, k = 1 repeats none). `z_T` is the fine noise summed over
+  each texel's k x k block divided by k: exactly unit variance, the same white noise seen at the canonical resolution.
   So `x_T` is not the bilinear `f(z_T)` (a smoothed view of that noise), but both come from one white noise.
 - Conditions: with a 360-degree depth map (metric distance per direction, `sync_splat.scene.depth_maps`), each
   view's depth is sampled along its rays at the denoiser's image resolution, converted from distance along the ray
@@ -47,6 +49,7 @@ the reference view of ring attention), then the top and bottom views.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
@@ -84,11 +87,16 @@ class PanoramaBridgeConfig:
     """Views, resolution and aggregation of a `PanoramaBridge`; `setup(denoiser, depth)` builds it."""
 
     height: int | None = None
-    """Ht, the panorama's rows in the denoiser's space (its width is 2 Ht); None matches the views' angular
-    resolution, 180 * view_size / fov_deg."""
+    """Ht, the panorama's rows in the denoiser's space (its width is 2 Ht); None: `texel_oversample` times the views'
+    angular resolution, texel_oversample * 180 * view_size / fov_deg."""
     view_size: int | None = None
     """Side of each square view in the denoiser's space; None: the model's native size (SD 1.5: 64 latents) when
-    height is None too, else matched to height."""
+    height is None too, else matched to height (height * fov_deg / (180 * texel_oversample))."""
+    texel_oversample: int = 4
+    """Panorama texels per view pixel along each axis, where one of height and view_size is derived from the other.
+    At 1 (texels matched to pixels) f and g each resample bilinearly between grids of one spacing and the round trip
+    loses most of the finest band; at 4 the exact prior's marble keeps about twice as much (docs/fidelity.md). The
+    official latent panorama is about 13 times denser than its views."""
     fov_deg: float = 72.0
     """Field of view of every view (the paper: 72 degrees)."""
     views_per_ring: int = 8
@@ -107,8 +115,9 @@ class PanoramaBridgeConfig:
     details differ blend without visible frame edges; 0 keeps a hard edge (the paper)."""
     fill_uncovered: bool = True
     """Give texels no view sees the nearest seen texel's value (wrapping at the seam); off: the warm start or 0."""
-    noise_oversample: int = 2
-    """Initial noise is drawn this many times finer than the panorama, so nearest sampling never repeats a value."""
+    noise_oversample: int | None = None
+    """Initial noise is drawn this many times finer than the panorama, so nearest sampling never repeats a value;
+    None: as many as make the noise at least twice as fine as the views' pixels (2 at `texel_oversample` 1, else 1)."""
     export_decode: Literal["auto", "panorama", "views"] = "auto"
     """How the PNG is decoded: the panorama at once, or per view and averaged in RGB; auto picks 'panorama' for
     pixel-space denoisers and 'views' for latent ones."""
@@ -137,7 +146,9 @@ class PanoramaBridgeConfig:
             raise InputError(f"{name}.weight_power must be non-negative, got {self.weight_power}")
         if not 0.0 <= self.border_feather <= 1.0:
             raise InputError(f"{name}.border_feather must be in [0, 1], got {self.border_feather}")
-        if self.noise_oversample < 1:
+        if self.texel_oversample < 1:
+            raise InputError(f"{name}.texel_oversample must be at least 1, got {self.texel_oversample}")
+        if self.noise_oversample is not None and self.noise_oversample < 1:
             raise InputError(f"{name}.noise_oversample must be at least 1, got {self.noise_oversample}")
         if self.seam_padding < 0:
             raise InputError(f"{name}.seam_padding must be non-negative, got {self.seam_padding}")
@@ -155,12 +166,20 @@ class PanoramaBridgeConfig:
 
     def resolution(self, native_view_size: int) -> tuple[int, int]:
         """(Ht, view_size): the configured values, the missing one matched to the other's angular resolution."""
-        view_size, height = self.view_size, self.height
+        view_size, height, oversample = self.view_size, self.height, self.texel_oversample
         if view_size is None:
-            view_size = native_view_size if height is None else max(1, round(height * self.fov_deg / 180.0))
-        if height is None:
-            height = max(2, round(180.0 * view_size / self.fov_deg))  # texels subtend the views' mean pixel angle
+            view_size = (
+                native_view_size if height is None else max(1, round(height * self.fov_deg / 180.0 / oversample))
+            )
+        if height is None:  # a texel subtends 1 / oversample of the views' mean pixel angle
+            height = max(2, round(oversample * 180.0 * view_size / self.fov_deg))
         return height, view_size
+
+    def noise_cells(self) -> int:
+        """k, how many times finer than the panorama the initial noise is drawn (`noise_oversample`)."""
+        if self.noise_oversample is not None:
+            return self.noise_oversample
+        return max(1, math.ceil(2 / self.texel_oversample))
 
     def setup(self, codec: Codec, depth: Float[Tensor, "Hd Wd"] | None = None) -> PanoramaBridge:
         """The bridge in `codec`'s space (a denoiser is a codec), with an optional 360-degree depth map."""
@@ -316,7 +335,7 @@ class PanoramaBridge:
         """Unit-variance, view-consistent noise: fine white noise, sampled nearest by the views (`x_T`) and summed
         over each texel's k x k block divided by k (`z_T`); on the generator's device."""
         channels, height, width = self.canonical_shape
-        k = self.config.noise_oversample
+        k = self.config.noise_cells()
         fine = torch.randn((channels, k * height, k * width), generator=generator, device=generator.device)
         z_T = fine.reshape(channels, height, k, width, k).sum(dim=(2, 4)) / k
         x_T = sample_equirect(fine, self._geometry.on(fine.device).rays, "nearest").transpose(0, 1).contiguous()
@@ -367,10 +386,11 @@ class PanoramaBridge:
         return rgb[..., crop : rgb.shape[-1] - crop]
 
     def _rgb_from_views(self, z: Float[Tensor, "C Ht Wt"]) -> Float[Tensor, "3 H W"]:
-        """Decode every view f(z) and average them into an RGB panorama with g's weights, at the decoded scale."""
+        """Decode every view f(z) and average them into an RGB panorama with g's weights, at the decoded views' angular
+        resolution (rows 180 * size / fov_deg: what the views hold, however dense the latent panorama is)."""
         rgb_views = self.codec.decode(self.project(z))
         size = rgb_views.shape[-1]
-        height = self.canonical_shape[1] * size // self.instance_shape[-1]
+        height = max(2, round(180.0 * size / self.config.fov_deg))
         directions = equirect_directions(height, dtype=torch.float64, device=z.device)
         num = rgb_views.new_zeros((rgb_views.shape[1], height, 2 * height))
         den = rgb_views.new_zeros((1, height, 2 * height))

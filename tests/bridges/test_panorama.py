@@ -32,9 +32,12 @@ def bridge(
     downsample: int = 1,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     depth: torch.Tensor | None = None,
+    texel_oversample: int = 1,
 ) -> PanoramaBridge:
-    """A bridge whose codec has `channels`, `downsample` and 64-pixel native views (and `decode`, when given)."""
-    config = replace(config, height=height, view_size=view_size, device="cpu")
+    """A bridge whose codec has `channels`, `downsample` and 64-pixel native views (and `decode`, when given); its
+    texels matched to the views' pixels unless `texel_oversample` says otherwise, so that small panoramas still have
+    views of a useful size."""
+    config = replace(config, height=height, view_size=view_size, texel_oversample=texel_oversample, device="cpu")
     codec = PixelCodec(native_size=64 * downsample, latent_channels=channels, downsample=downsample)
     if decode is not None:
         codec = SimpleNamespace(latent_channels=channels, downsample=downsample, native_size=64 * downsample,
@@ -93,22 +96,28 @@ def test_full_sphere_views_ring_by_ring_then_poles() -> None:
     assert orientations[24:] == ((0.0, 90.0), (0.0, -90.0))
 
 
+@pytest.mark.parametrize("oversample", [1, 4])
 @pytest.mark.parametrize(
     ("height", "view_size", "fov_deg", "native_size", "downsample"),
     [
         (None, None, 75.0, 64, 1),
         (None, None, 90.0, 512, 8),
-        (64, None, 72.0, 64, 1),
+        (256, None, 72.0, 64, 1),
         (None, 20, 72.0, 64, 1),
         (None, 23, 100.0, 64, 1),
         (40, 10, 72.0, 64, 1),
     ],
 )
-def test_resolution_matches_the_views_angular_resolution(height, view_size, fov_deg, native_size, downsample) -> None:
-    """A texel subtends what a view pixel does on average (the field of view over the view's side), to the nearest
-    whole size; a size that is given is kept, and with neither given the views take the codec's native size."""
+def test_resolution_has_texel_oversample_texels_per_view_pixel(
+    height, view_size, fov_deg, native_size, downsample, oversample
+) -> None:
+    """A texel subtends 1 / texel_oversample of what a view pixel does on average (the field of view over the view's
+    side), to the nearest whole size; a size that is given is kept, and with neither given the views take the codec's
+    native size."""
     codec = PixelCodec(native_size=native_size, downsample=downsample)
-    config = PanoramaBridgeConfig(height=height, view_size=view_size, fov_deg=fov_deg, device="cpu")
+    config = PanoramaBridgeConfig(
+        height=height, view_size=view_size, fov_deg=fov_deg, texel_oversample=oversample, device="cpu"
+    )
     panorama = PanoramaBridge(codec, config)
     _, rows, columns = panorama.canonical_shape
     side = panorama.instance_shape[-1]
@@ -121,10 +130,10 @@ def test_resolution_matches_the_views_angular_resolution(height, view_size, fov_
         assert side == view_size
     if height is not None:
         assert rows == height
-    if height is None:
-        assert abs(rows - 180.0 / (fov / side)) <= 0.5 + 1e-6  # texel degrees 180 / Ht ~ pixel degrees fov / side
+    if height is None:  # texel degrees 180 / Ht ~ pixel degrees fov / side / oversample
+        assert abs(rows - oversample * 180.0 / (fov / side)) <= 0.5 + 1e-6
     elif view_size is None:
-        assert abs(side - fov / (180.0 / rows)) <= 0.5 + 1e-6
+        assert abs(side - fov / (oversample * 180.0 / rows)) <= 0.5 + 1e-6
 
 
 @pytest.mark.parametrize("config", [PanoramaBridgeConfig(), FULL_SPHERE], ids=["ring", "full_sphere"])
@@ -177,7 +186,8 @@ def test_initial_noise_has_unit_variance_and_is_view_consistent() -> None:
         assert float(noise.var()) == pytest.approx(1.0, abs=0.05)
 
     # Pixels whose rays fall in the same fine noise cell hold the same noise, across views.
-    k = panorama.config.noise_oversample
+    k = panorama.config.noise_cells()
+    assert k == 2  # texels matched to pixels: noise twice as fine
     _, height, width = panorama.canonical_shape
     cell = equirect_taps(panorama.view_rays(), k * height, k * width, "nearest")[0][0].reshape(-1)
     values = x_T.transpose(0, 1).reshape(4, -1)
@@ -193,6 +203,11 @@ def test_initial_noise_has_unit_variance_and_is_view_consistent() -> None:
     coarse = bridge(replace(FULL_SPHERE, noise_oversample=1), channels=1, height=40)
     _, x_coarse = coarse.initial_noise(torch.Generator().manual_seed(0))
     assert x_coarse[0, 0].unique().numel() < x_coarse[0, 0].numel()
+    # With 4 texels per view pixel (the default), noise on the panorama's own grid repeats no value either.
+    dense = bridge(FULL_SPHERE, channels=1, height=160, texel_oversample=4)
+    assert dense.config.noise_cells() == 1 and dense.instance_shape[-1] == 16
+    _, x_dense = dense.initial_noise(torch.Generator().manual_seed(0))
+    assert x_dense[0, 0].unique().numel() == x_dense[0, 0].numel()
 
 
 def test_a_sampled_panorama_has_no_seam() -> None:

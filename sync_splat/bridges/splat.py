@@ -292,7 +292,7 @@ class GaussianSplatBridge:
         return self._systems[size]
 
     def _evidence(self, view: Tensor, gaussian: Tensor) -> Tensor:
-        """How squarely held view `view` sees Gaussian `gaussian`'s surface, elementwise (`splat_fit.Evidence`):
+        """How squarely held view `view` sees Gaussian `gaussian`'s surface, elementwise (`splat_weights.Evidence`):
         `(cos / best)^p`, cos of the angle between the ray from the Gaussian to the camera and the Gaussian's shortest
         axis, best the largest over the rig's cameras whose frame holds the Gaussian's centre (so every Gaussian's
         squarest view counts fully, and the damping keeps its meaning), at least `MIN_EVIDENCE`."""

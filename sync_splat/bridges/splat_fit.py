@@ -70,30 +70,12 @@ from sync_splat.bridges.csr import (
     with_values_dtype,
 )
 from sync_splat.bridges.plumbing import expect_shape
+from sync_splat.bridges.splat_weights import Evidence, pixel_root_weights
 from sync_splat.distributed import ViewShard
 from sync_splat.errors import InputError
 from sync_splat.functional.conjugate_gradient import LeastSquaresFit, conjugate_gradient
 
 NormalMatrix = Literal["auto", "assembled", "implicit"]
-
-Evidence = Callable[[Tensor, Tensor], Tensor]
-"""`(view, gaussian) -> weight`: the positive weight of Gaussian `gaussian[i]`'s evidence in view `view[i]` (module
-docstring), elementwise over index tensors; a pixel's weight in the fit is the alpha-weighted mean over the Gaussians
-it shows."""
-
-
-def pixel_root_weights(
-    pixel: Tensor, gaussian: Tensor, weight: Tensor, evidence: Evidence, first_view: int, pixels_per_view: int,
-    num_rows: int,
-) -> Float[Tensor, " R"]:  # fmt: skip
-    """`sqrt(W_v e_v / alpha_v)` for the pixels of views `[first_view, ...)` from their compositing weights
-    `(pixel, gaussian, weight)` (pixels stacked over the views from 0, `num_rows` of them); 1 where nothing is seen."""
-    view = torch.div(pixel, pixels_per_view, rounding_mode="floor") + first_view
-    weighted = torch.zeros(num_rows, dtype=weight.dtype, device=weight.device)
-    weighted.index_add_(0, pixel, weight * evidence(view, gaussian).to(weight))
-    alpha = torch.zeros_like(weighted).index_add_(0, pixel, weight)
-    seen = alpha > 0
-    return torch.where(seen, weighted / torch.where(seen, alpha, 1.0), 1.0).sqrt()
 
 
 @dataclass(frozen=True)

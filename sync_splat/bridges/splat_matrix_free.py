@@ -34,7 +34,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sync_splat.bridges.csr import csr_matrix, row_offsets
-from sync_splat.bridges.splat_fit import Evidence, SplatLinearSystem, _by_gaussian, pixel_root_weights
+from sync_splat.bridges.splat_fit import SplatLinearSystem, _by_gaussian
+from sync_splat.bridges.splat_weights import Evidence, pixel_root_weights
 from sync_splat.errors import InputError
 from sync_splat.render.gaussians import gaussian_weight_entries, render_gaussians
 from sync_splat.render.gsplat_check import gsplat_works
@@ -68,8 +69,8 @@ class MatrixFreeSplatSystem(SplatLinearSystem):
         solver_cutoff: weights below this are left out of the fit's A and b, as in `SplatLeastSquares`.
         antialiased: gsplat's antialiased rasterisation.
         backend: "torch" (the compositor, any device), "gsplat" (CUDA tensors) or "auto" (gsplat where it works).
-        evidence: the weight of each Gaussian in each view (`sync_splat.bridges.splat_fit.Evidence`; None: every pixel
-            counts the same).
+        evidence: the weight of each Gaussian in each view (`sync_splat.bridges.splat_weights.Evidence`; None: every
+            pixel counts the same).
     """
 
     storage = "matrix_free"

@@ -58,6 +58,7 @@ class SamplerCheckpoints:
             "--pipeline.case": restyle.case,
             "--pipeline.sync-until": restyle.sync_until,
             "--pipeline.method": restyle.method,
+            "--pipeline.timestep-spacing": restyle.timestep_spacing,
             "--pipeline.seed": restyle.seed,
             "--pipeline.views": restyle.views,
             "--pipeline.cameras": "orbit" if self._views_from_orbit else "dataset",

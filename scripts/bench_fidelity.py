@@ -50,6 +50,7 @@ from sync_splat.bridges.mesh import MeshBridgeConfig
 from sync_splat.bridges.splat import SplatBridgeConfig
 from sync_splat.denoisers.prior import GaussianTexturePrior, GaussianTexturePriorConfig
 from sync_splat.errors import InputError, one_line_errors
+from sync_splat.functional.diffusion import TimestepSpacing
 from sync_splat.sampler import SyncConfig, SyncSampler
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.demo import make_demo_scene
@@ -152,6 +153,16 @@ class FidelityBench:
     (`SplatBridgeConfig.noise`)."""
     splat_cos_power: float = SplatBridgeConfig().cos_power
     """Exponent of the splat fit's pixel weights (`SplatBridgeConfig.cos_power`; 0: every pixel counts the same)."""
+    timestep_spacing: TimestepSpacing | Literal["model"] = SyncConfig.timestep_spacing
+    """Which train timesteps the steps visit (`SyncConfig.timestep_spacing`; "model": the schedule's own, SD 1.5's
+    "leading")."""
+    prior_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
+    """The prior's noise schedule: Stable Diffusion 1.5's, or the DDPM paper's linear one, whose last timestep is
+    almost pure noise (alpha_bar 4e-5 against 0.0047): what the schedule alone costs the control."""
+    control_stride: int | None = None
+    """Columns between the control's windows (None: the view side, so no two windows overlap and nothing is
+    averaged). A smaller stride overlaps windows that are translations of one image: what averaging costs when the
+    views agree exactly on geometry and noise."""
     prior_samples: int = 64
     """Exact prior samples that set the reference statistics."""
     threads: int | None = None
@@ -165,10 +176,12 @@ class FidelityBench:
             raise InputError(f"--bridges: unknown {sorted(unknown)}; choose from {[*PRODUCT_BRIDGES, CONTROL]}")
         if self.seeds < 1 or self.steps < 1 or self.size < 8 or self.prior_samples < 2:
             raise InputError("--seeds, --steps must be at least 1, --size at least 8, --prior-samples at least 2")
+        if self.control_stride is not None and not 1 <= self.control_stride <= self.size:
+            raise InputError(f"--control-stride must be in 1..--size ({self.size}), got {self.control_stride}")
         start = time.perf_counter()
         rows = []
         for preset in self.presets:
-            prior = GaussianTexturePriorConfig(prompt=preset, native_size=self.size, max_batch=64).setup()
+            prior = self.prior(preset)
             for name in self.bridges:
                 noises = self.splat_noise if name.startswith("splat") else ("default",)
                 for noise in noises:
@@ -179,6 +192,18 @@ class FidelityBench:
         print(self.result(rows, time.perf_counter() - start))
 
     # ---- settings -----------------------------------------------------------------------------------------------
+
+    def prior(self, preset: str) -> GaussianTexturePrior:
+        config = GaussianTexturePriorConfig(
+            prompt=preset, native_size=self.size, max_batch=64, schedule=self.prior_schedule
+        )
+        return config.setup()
+
+    def sync_config(self, noise: str) -> SyncConfig:
+        """The product's sampler with this run's steps and spacing; "independent" noise draws each view's own."""
+        return SyncConfig(
+            num_steps=self.steps, timestep_spacing=self.timestep_spacing, consistent_noise=noise != "independent"
+        )
 
     def setting(self, prior: GaussianTexturePrior, name: str, noise: str) -> Setting:
         if name.startswith("splat"):
@@ -209,16 +234,16 @@ class FidelityBench:
             held_out = replace(config, elevations_deg=(20.0, -25.0), views_per_ring=5, pole_views=False)
             return Setting(name, config.setup(prior, depth), held_out.setup(prior, depth))
         size = prior.native_size
-        return Setting(
-            name, WideImageBridge(3, size, 3 * size, stride=size), WideImageBridge(3, size, 3 * size, stride=size // 3)
-        )
+        stride = size if self.control_stride is None else self.control_stride
+        instance = WideImageBridge(3, size, 3 * size, stride=stride)
+        return Setting(name, instance, WideImageBridge(3, size, 3 * size, stride=size // 3))
 
     # ---- one measurement ----------------------------------------------------------------------------------------
 
     def measure(self, prior: GaussianTexturePrior, preset: str, name: str, noise: str) -> Row:
         setting = self.setting(prior, name, noise)
         bridge, held_out = setting.instance, setting.held_out
-        sampler = SyncSampler(prior, bridge, SyncConfig(num_steps=self.steps, consistent_noise=noise != "independent"))
+        sampler = SyncSampler(prior, bridge, self.sync_config(noise))
         mask = bridge.coverage().cpu() > 0.99
         held_out_mask = held_out.coverage().cpu() > 0.99
         views, held_out_views, last_views, starts, finals = [], [], [], [], []

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ from sync_splat.bridges.base import Bridge
 from sync_splat.denoisers.base import Denoiser
 from sync_splat.distributed import ViewShard
 from sync_splat.errors import InputError
-from sync_splat.functional.diffusion import ddim_step, ddpm_step, tweedie
+from sync_splat.functional.diffusion import NoiseSchedule, TimestepSpacing, ddim_step, ddpm_step, tweedie
 
 Aggregate = Literal["none", "eps", "x0", "x_prev"]
 StateSpace = Literal["instance", "canonical"]
@@ -56,6 +56,11 @@ class SyncConfig:
     """Where the diffusion state lives while synchronised: one sample per view, or one canonical sample."""
     num_steps: int = 30
     """Number of denoising steps."""
+    timestep_spacing: TimestepSpacing | Literal["model"] = "trailing"
+    """Which train timesteps the steps visit (as diffusers' schedulers): "trailing" starts on the last one (t = 999),
+    where the starting noise x_T ~ N(0, I) is closest to what the model saw in training; "model" follows the
+    denoiser's own configuration (Stable Diffusion 1.5's is "leading" with offset 1: t = 958, 925, ..., 1 for 30
+    steps, never the noisiest timesteps). What each costs in fidelity is measured in docs/fidelity.md."""
     sync_until: float = 0.8
     """Fraction of the schedule that is synchronised: steps with t > (1 - sync_until) * T (the paper's mvd_end)."""
     method: Literal["ddim", "ddpm"] = "ddim"
@@ -66,6 +71,14 @@ class SyncConfig:
     """Instance cases: start every view from f(z_T), so overlaps start equal, instead of i.i.d. noise per view."""
     final_aggregation: bool = True
     """Instance cases: end with one more aggregation f(g(x_0)), as the paper's applications do."""
+
+    def schedule(self, denoiser: Denoiser) -> NoiseSchedule:
+        """The denoiser's noise schedule with this config's timestep spacing."""
+        model = denoiser.schedule
+        if self.timestep_spacing in ("model", model.timestep_spacing):
+            return model
+        offset = model.steps_offset if self.timestep_spacing == "leading" else 0
+        return replace(model, timestep_spacing=self.timestep_spacing, steps_offset=offset)
 
     @classmethod
     def case(cls, number: int) -> SyncConfig:
@@ -93,6 +106,11 @@ class SyncConfig:
             raise InputError(f"num_steps must be at least 1, got {self.num_steps}")
         if self.eta < 0.0:
             raise InputError(f"eta must be non-negative, got {self.eta}")
+        if self.timestep_spacing not in (*get_args(TimestepSpacing), "model"):
+            raise InputError(
+                f"timestep_spacing must be one of {[*get_args(TimestepSpacing), 'model']}, "
+                f"got {self.timestep_spacing!r}"
+            )
 
 
 PAPER_CASES: dict[int, tuple[Aggregate, StateSpace]] = {
@@ -192,7 +210,8 @@ class SyncSampler:
         self.bridge = bridge
         self.config = config
         self.shard: ViewShard | None = getattr(bridge, "shard", None)
-        self.timesteps: list[int] = denoiser.schedule.timesteps(config.num_steps).tolist()
+        self.schedule = config.schedule(denoiser)
+        self.timesteps: list[int] = self.schedule.timesteps(config.num_steps).tolist()
         self.conditions = bridge.conditions()
 
     @property
@@ -203,7 +222,7 @@ class SyncSampler:
         """Whether the step at train timestep t aggregates through the canonical space."""
         if self.config.aggregate == "none":
             return False
-        return t > (1.0 - self.config.sync_until) * self.denoiser.schedule.num_train_timesteps
+        return t > (1.0 - self.config.sync_until) * self.schedule.num_train_timesteps
 
     def init(self, generator: torch.Generator) -> SamplerState:
         """Draw the initial noise: the bridge's view-consistent noise, or i.i.d. noise per view.
@@ -237,7 +256,7 @@ class SyncSampler:
         if state.step_index >= self.num_steps:
             raise ValueError(f"the run is complete: all {self.num_steps} steps were taken")
         generator = torch.Generator().set_state(state.rng_state)
-        schedule = self.denoiser.schedule
+        schedule = self.schedule
         t = self.timesteps[state.step_index]
         t_prev = schedule.previous_timestep(t, self.num_steps, self.config.method)
         alpha_bar = schedule.alpha_bar(t)

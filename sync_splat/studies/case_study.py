@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int64
@@ -35,7 +36,7 @@ from sync_splat.bridges.base import Bridge
 from sync_splat.conditions import ViewConditions
 from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.errors import InputError
-from sync_splat.functional.diffusion import NoiseSchedule
+from sync_splat.functional.diffusion import NoiseSchedule, TimestepSpacing
 from sync_splat.sampler import PAPER_CASES, SyncConfig, SyncSampler
 from sync_splat.scene.files import atomic_output
 from sync_splat.scene.images import write_png
@@ -177,6 +178,9 @@ class CaseStudy:
     size: int = 16
     sync_until: float = SyncConfig.sync_until
     """The synchronised fraction of the schedule, for every case (see `SyncConfig.sync_until`)."""
+    timestep_spacing: TimestepSpacing | Literal["model"] = "model"
+    """Which train timesteps the steps visit (see `SyncConfig.timestep_spacing`); "model", the schedule's own
+    ("leading"), is what the paper's code runs."""
     projections: tuple[Projection, ...] = PROJECTIONS
     priors: tuple[str, ...] = PRIORS
 
@@ -234,6 +238,7 @@ class CaseStudy:
                             state_space=state_space,
                             num_steps=self.num_steps,
                             sync_until=self.sync_until,
+                            timestep_spacing=self.timestep_spacing,
                             consistent_noise=noise == CONSISTENT_SETTINGS,
                         )
                         results[key] = self.measure(prior, projection, config)

@@ -149,10 +149,11 @@ def test_max_num_iterations_still_stops_after_a_restart(tmp_path: Path, scene_fi
         (["--pipeline.views", "4"], "sampled with --pipeline.views 3"),
         (["--pipeline.seed", "8", "--pipeline.method", "ddim"], "with --pipeline.method ddpm, --pipeline.seed 7"),
         (["--pipeline.case", "0"], "sampled with --pipeline.case 2"),
+        (["--pipeline.timestep-spacing", "model"], "sampled with --pipeline.timestep-spacing trailing"),
         (["--pipeline.source", "moved"], "another scene"),  # the same Gaussian count, moved
         (["--pipeline.source", "fewer"], "the same --pipeline.source"),
     ],
-    ids=["steps", "views", "method-and-seed", "case", "moved-source", "smaller-source"],
+    ids=["steps", "views", "method-and-seed", "case", "spacing", "moved-source", "smaller-source"],
 )
 def test_resume_with_other_settings_is_one_line(
     tmp_path: Path, full_prior_run: Path, scene_files: dict[str, Path], capsys: pytest.CaptureFixture[str],

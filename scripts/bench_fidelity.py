@@ -184,8 +184,10 @@ class FidelityBench:
             prior = self.prior(preset)
             for name in self.bridges:
                 noises = self.splat_noise if name.startswith("splat") else ("default",)
+                one_view = None  # the same for every noise: measured once per bridge and preset
                 for noise in noises:
-                    rows.append(self.measure(prior, preset, name, noise))
+                    rows.append(self.measure(prior, preset, name, noise, one_view))
+                    one_view = rows[-1].one_view
                     print(self.format_row(rows[-1]), flush=True)
         print()
         print(self.table(rows))
@@ -240,7 +242,10 @@ class FidelityBench:
 
     # ---- one measurement ----------------------------------------------------------------------------------------
 
-    def measure(self, prior: GaussianTexturePrior, preset: str, name: str, noise: str) -> Row:
+    def measure(
+        self, prior: GaussianTexturePrior, preset: str, name: str, noise: str, one_view: tuple[float, ...] | None = None
+    ) -> Row:
+        """One row; `one_view` is reused where given (it depends on the bridge and the preset only)."""
         setting = self.setting(prior, name, noise)
         bridge, held_out = setting.instance, setting.held_out
         sampler = SyncSampler(prior, bridge, self.sync_config(noise))
@@ -273,11 +278,11 @@ class FidelityBench:
         error = (torch.cat(last_views) - torch.cat(finals))[covered].double().square().mean()
         fit_db = float(10 * torch.log10(4.0 / error)) if error > 0 else math.inf  # peak-to-peak 2 in [-1, 1]
         lag1 = lag_correlation(torch.cat(starts), masks)
-        shared = one_view = None
+        shared = None
         if name.startswith("splat"):
             ring = [(view, view + 1) for view in range(self.splat_views - 1)]  # neighbours on the orbit
             shared = shared_correlation(torch.stack(starts), bridge.linear_system("instance"), ring)
-        if setting.one_view is not None:
+        if setting.one_view is not None and one_view is None:
             one_view = self.one_view_ratios(prior, setting.one_view, bridge.num_views)
         return Row(name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, shared, one_view)
 

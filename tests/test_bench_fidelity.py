@@ -69,8 +69,13 @@ def test_an_exact_sampler_reproduces_the_prior_through_the_oracle() -> None:
     assert ((fractions - prior.weights.double()).abs() <= error).all()
 
 
-def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     bench = load_bench()
+    one_view_runs = []
+    measure_one_view = bench.FidelityBench.one_view_ratios
+    monkeypatch.setattr(
+        bench.FidelityBench, "one_view_ratios", lambda *args: one_view_runs.append(1) or measure_one_view(*args)
+    )
     settings = bench.FidelityBench(
         bridges=("splat-demo", "wide-control"), presets=("marble",), seeds=1, steps=2, size=16, splat_views=6,
         splat_noise=("integral", "sqrt_weights"), prior_samples=4,
@@ -93,6 +98,9 @@ def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -
     assert float(cells["integral"][header.index("lag1")]) < 0.1
     assert float(cells["sqrt_weights"][header.index("shared")]) > 0.5  # one value per Gaussian, in every view
     assert float(cells["integral"][header.index("shared")]) > 0.0  # weaker: tests/bridges/test_splat_noise.py
+    one_view = header.index("one-view b3")
+    assert cells["integral"][one_view : one_view + 2] == cells["sqrt_weights"][one_view : one_view + 2]
+    assert len(one_view_runs) == 1  # once for the splat bridge and preset, whatever the noise
 
 
 def test_the_control_schedule_and_spacing_options_reach_the_run() -> None:

@@ -321,11 +321,7 @@ class GaussianSplatBridge:
         anywhere = torch.zeros_like(framed)
         for view in range(len(rig)):
             cosine = self._cosines(rig.c2w[view, :3, 3].expand(len(every), 3), every)
-            camera = means @ rig.viewmats[view, :3, :3].T + rig.viewmats[view, :3, 3]
-            pixel = camera @ rig.Ks[view].T
-            depth = camera[:, 2]
-            u, v = pixel[:, 0] / depth.clamp_min(1e-12), pixel[:, 1] / depth.clamp_min(1e-12)
-            inside = (depth > 0) & (u >= 0) & (u < rig.width) & (v >= 0) & (v < rig.height)
+            _, _, _, inside = rig.project(means, view)
             framed = torch.maximum(framed, torch.where(inside, cosine, 0.0))
             anywhere = torch.maximum(anywhere, cosine)
         return torch.where(framed > 0, framed, anywhere).clamp_min(1e-12)

@@ -98,13 +98,9 @@ def integral_noise(
     # Each sub-point adds its value to the weight (g, pixel it projects to) in every view, when that weight exists.
     sums = torch.zeros(entry_keys.numel(), channels, device=device, dtype=dtype)
     counts = torch.zeros(entry_keys.numel(), device=device, dtype=dtype)
-    viewmats, Ks = cameras.viewmats.to(device, dtype), cameras.Ks.to(device, dtype)
     for view in range(num_views):
-        camera = points @ viewmats[view, :3, :3].T + viewmats[view, :3, 3]
-        depth = camera[:, 2].clamp_min(1e-9)
-        col = torch.floor(Ks[view, 0, 0] * camera[:, 0] / depth + Ks[view, 0, 2])
-        row = torch.floor(Ks[view, 1, 1] * camera[:, 1] / depth + Ks[view, 1, 2])
-        inside = (camera[:, 2] > 1e-9) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
+        x, y, _, inside = cameras.project(points, view)
+        col, row = x.floor(), y.floor()
         keys = owner[inside] * rig_pixels + (shard.first + view) * pixels + (row[inside] * width + col[inside]).long()
         position = torch.searchsorted(entry_keys, keys).clamp(max=entry_keys.numel() - 1)
         hit = entry_keys[position] == keys

@@ -68,6 +68,21 @@ class Cameras:
         """`(W, H)`."""
         return self.width, self.height
 
+    def project(
+        self, points: Float[Tensor, "P 3"], view: int, near: float = 1e-9
+    ) -> tuple[Float[Tensor, " P"], Float[Tensor, " P"], Float[Tensor, " P"], Tensor]:
+        """Where world `points` land in view `view`: their continuous pixel coordinates `(x, y)` (pixel `(col, row)`
+        spans `[col, col + 1) x [row, row + 1)`), their depth along the optical axis, and whether they lie in front of
+        the camera (depth above `near`) and inside its frame. In the points' dtype and device."""
+        viewmat, K = self.viewmats[view].to(points), self.Ks[view].to(points)
+        camera = points @ viewmat[:3, :3].T + viewmat[:3, 3]
+        depth = camera[:, 2]
+        safe = depth.clamp_min(near)
+        x = K[0, 0] * camera[:, 0] / safe + K[0, 2]
+        y = K[1, 1] * camera[:, 1] / safe + K[1, 2]
+        inside = (depth > near) & (x >= 0) & (x < self.width) & (y >= 0) & (y < self.height)
+        return x, y, depth, inside
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cameras:
         """The same cameras with tensors on `device` / in `dtype`."""
         return Cameras(self.c2w.to(device, dtype), self.Ks.to(device, dtype), self.width, self.height)

@@ -188,3 +188,20 @@ def test_resized_keeps_what_each_pixel_sees() -> None:
 def test_cameras_check_shapes() -> None:
     with pytest.raises(InputError, match="c2w"):
         Cameras(torch.eye(4)[None], torch.eye(3).expand(2, 3, 3), 64, 64)
+
+
+def test_project_puts_the_look_at_point_at_the_principal_point_and_refuses_what_is_behind() -> None:
+    cameras = Cameras.orbit_rig(
+        (1.0, 2.0, 3.0), 2.0, num_azimuths=4, elevations_deg=(20.0,), top_views=0, size=(40, 30)
+    )
+    for view in range(len(cameras)):
+        centre, camera = torch.tensor([[1.0, 2.0, 3.0]]), cameras.c2w[view, :3, 3]
+        behind = camera + (camera - centre[0])  # as far behind the camera as the centre is in front
+        x, y, depth, inside = cameras.project(torch.cat([centre, behind[None]]), view)
+        assert (float(x[0]), float(y[0])) == pytest.approx(
+            (float(cameras.Ks[view, 0, 2]), float(cameras.Ks[view, 1, 2]))
+        )
+        assert float(depth[0]) == pytest.approx(float((camera - centre[0]).norm()), rel=1e-5)
+        assert inside.tolist() == [True, False] and float(depth[1]) < 0
+    far_right = cameras.project(torch.tensor([[1.0, 2.0, 3.0]]) + 100 * cameras.c2w[0, :3, 0], 0)[3]
+    assert not bool(far_right.any())  # in front, but outside the frame

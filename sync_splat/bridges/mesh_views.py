@@ -133,7 +133,6 @@ class TextureBake:
         height, width = texels.size
         device = raster.face_id.device
         centres = cameras.c2w[:, :3, 3].to(device)
-        viewmats = cameras.viewmats.to(device)
         Ks = cameras.Ks.to(device)
         to_camera = F.normalize(centres[:, None, None] - raster.position, dim=-1)
         cosine = (to_camera * raster.normal).sum(-1).clamp(0, 1)
@@ -159,12 +158,8 @@ class TextureBake:
                 is_seed = torch.zeros(height * width, dtype=torch.bool, device=device)
                 is_seed[seeds] = True
                 candidate = (~is_seed[texels.index]).nonzero()[:, 0]
-                point = texels.position[candidate] @ viewmats[view, :3, :3].T + viewmats[view, :3, 3]
-                z = point[:, 2]
-                safe_z = z.clamp_min(1e-6)
-                col = (Ks[view, 0, 0] * point[:, 0] / safe_z + Ks[view, 0, 2]).floor()
-                row = (Ks[view, 1, 1] * point[:, 1] / safe_z + Ks[view, 1, 2]).floor()
-                inside = (z > 1e-6) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+                x, y, z, inside = cameras.project(texels.position[candidate], view, near=1e-6)
+                col, row = x.floor(), y.floor()
                 source = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1)).long()
                 source_face = face_id[source]
                 # The pixel sees the texel's surface when it shows the same face, or a surface point within

@@ -50,8 +50,7 @@ from sync_splat.bridges.mesh import MeshBridgeConfig
 from sync_splat.bridges.splat import SplatBridgeConfig
 from sync_splat.denoisers.prior import GaussianTexturePrior, GaussianTexturePriorConfig
 from sync_splat.errors import InputError, one_line_errors
-from sync_splat.functional.diffusion import TimestepSpacing
-from sync_splat.sampler import SyncConfig, SyncSampler
+from sync_splat.sampler import StepSpacing, SyncConfig, SyncSampler
 from sync_splat.scene.cameras import Cameras
 from sync_splat.scene.demo import make_demo_scene
 from sync_splat.scene.gaussians import GaussianScene
@@ -153,7 +152,7 @@ class FidelityBench:
     (`SplatBridgeConfig.noise`)."""
     splat_cos_power: float = SplatBridgeConfig().cos_power
     """Exponent of the splat fit's pixel weights (`SplatBridgeConfig.cos_power`; 0: every pixel counts the same)."""
-    timestep_spacing: TimestepSpacing | Literal["model"] = SyncConfig.timestep_spacing
+    timestep_spacing: StepSpacing = SyncConfig.timestep_spacing
     """Which train timesteps the steps visit (`SyncConfig.timestep_spacing`; "model": the schedule's own, SD 1.5's
     "leading")."""
     prior_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"

@@ -43,6 +43,8 @@ from sync_splat.functional.diffusion import NoiseSchedule, TimestepSpacing, ddim
 
 Aggregate = Literal["none", "eps", "x0", "x_prev"]
 StateSpace = Literal["instance", "canonical"]
+StepSpacing = Literal[TimestepSpacing, "model"]
+"""How the steps' timesteps are spread: a schedule's spacing rule, or "model" for the denoiser's own."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class SyncConfig:
     """Where the diffusion state lives while synchronised: one sample per view, or one canonical sample."""
     num_steps: int = 30
     """Number of denoising steps."""
-    timestep_spacing: TimestepSpacing | Literal["model"] = "trailing"
+    timestep_spacing: StepSpacing = "trailing"
     """Which train timesteps the steps visit (as diffusers' schedulers): "trailing" starts on the last one (t = 999),
     where the starting noise x_T ~ N(0, I) is closest to what the model saw in training; "model" follows the
     denoiser's own configuration (Stable Diffusion 1.5's is "leading" with offset 1: t = 958, 925, ..., 1 for 30
@@ -106,10 +108,9 @@ class SyncConfig:
             raise InputError(f"num_steps must be at least 1, got {self.num_steps}")
         if self.eta < 0.0:
             raise InputError(f"eta must be non-negative, got {self.eta}")
-        if self.timestep_spacing not in (*get_args(TimestepSpacing), "model"):
+        if self.timestep_spacing not in get_args(StepSpacing):
             raise InputError(
-                f"timestep_spacing must be one of {[*get_args(TimestepSpacing), 'model']}, "
-                f"got {self.timestep_spacing!r}"
+                f"timestep_spacing must be one of {list(get_args(StepSpacing))}, got {self.timestep_spacing!r}"
             )
 
 

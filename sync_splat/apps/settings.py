@@ -14,7 +14,7 @@ from sync_splat.denoisers.base import Denoiser
 from sync_splat.denoisers.prior import GaussianTexturePriorConfig
 from sync_splat.denoisers.stable_diffusion import StableDiffusionDenoiserConfig
 from sync_splat.errors import InputError
-from sync_splat.sampler import PAPER_CASES, SyncConfig
+from sync_splat.sampler import PAPER_CASES, StepSpacing, SyncConfig
 
 MAX_SEED = 2**64 - 1
 """The largest seed torch's generator takes (it seeds from 64 bits; a negative seed would alias a large one)."""
@@ -37,7 +37,7 @@ class SamplingSettings:
     """Fraction of the schedule that is synchronised (the paper's mvd_end)."""
     method: Literal["ddim", "ddpm"] = "ddim"
     """The reverse step: DDIM (the paper's README and tests) or ancestral DDPM (the official mesh code's default)."""
-    timestep_spacing: Literal["trailing", "leading", "linspace", "model"] = SyncConfig.timestep_spacing
+    timestep_spacing: StepSpacing = SyncConfig.timestep_spacing
     """Which train timesteps the steps visit: 'trailing' starts on the noisiest (t = 999); 'model' follows the
     denoiser's own configuration (Stable Diffusion 1.5's 'leading' starts at t = 958 for 30 steps)."""
     seed: int = 0

@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import torch
 from jaxtyping import Float, Int64
@@ -36,8 +35,8 @@ from sync_splat.bridges.base import Bridge
 from sync_splat.conditions import ViewConditions
 from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.errors import InputError
-from sync_splat.functional.diffusion import NoiseSchedule, TimestepSpacing
-from sync_splat.sampler import PAPER_CASES, SyncConfig, SyncSampler
+from sync_splat.functional.diffusion import NoiseSchedule
+from sync_splat.sampler import PAPER_CASES, StepSpacing, SyncConfig, SyncSampler
 from sync_splat.scene.files import atomic_output
 from sync_splat.scene.images import write_png
 from sync_splat.studies.ambiguous_image import AmbiguousImageBridge
@@ -178,7 +177,7 @@ class CaseStudy:
     size: int = 16
     sync_until: float = SyncConfig.sync_until
     """The synchronised fraction of the schedule, for every case (see `SyncConfig.sync_until`)."""
-    timestep_spacing: TimestepSpacing | Literal["model"] = "model"
+    timestep_spacing: StepSpacing = "model"
     """Which train timesteps the steps visit (see `SyncConfig.timestep_spacing`); "model", the schedule's own
     ("leading"), is what the paper's code runs."""
     projections: tuple[Projection, ...] = PROJECTIONS

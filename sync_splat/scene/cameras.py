@@ -74,7 +74,7 @@ class Cameras:
         """Where world `points` land in view `view`: their continuous pixel coordinates `(x, y)` (pixel `(col, row)`
         spans `[col, col + 1) x [row, row + 1)`), their depth along the optical axis, and whether they lie in front of
         the camera (depth above `near`) and inside its frame. In the points' dtype and device."""
-        viewmat, K = self.viewmats[view].to(points), self.Ks[view].to(points)
+        viewmat, K = torch.linalg.inv(self.c2w[view]).to(points), self.Ks[view].to(points)
         camera = points @ viewmat[:3, :3].T + viewmat[:3, 3]
         depth = camera[:, 2]
         safe = depth.clamp_min(near)

@@ -19,7 +19,9 @@ rasterising the layout at 256 x 256 texels: the UV triangles' summed area may ex
 Geometry is refused before any work when it cannot be rendered: non-finite vertices, coordinates beyond
 `MAX_COORDINATE` (corrupt files; single-precision normals overflow there), all vertices at one point, or every
 triangle of zero area. Normals, areas and xatlas's input are computed on the mesh moved to unit size in double
-precision (`unit_size`), so a mesh's size and offset do not matter to them.
+precision (`unit_size`), so a mesh's size and offset do not matter to them. xatlas works in single precision and
+is not given slivers (triangles thinner than 1e-6 of the mesh's size, whose shape there is rounding noise; it answers
+them with NaN UVs): they cover no pixel, and their corners take UVs their vertices have in the atlas.
 
 Export (`MeshAsset.save`) writes the mesh in its own coordinates (normalisation is for rendering only) with a
 texture image: `name.obj` + `name.mtl` + `name.png`, or a binary glTF `name.glb` (trimesh `TextureVisuals` with a
@@ -58,6 +60,10 @@ MAX_COORDINATE = 1e18
 positions overflow (in renderers and viewers as well as here); such coordinates come from corrupt files."""
 _UV_TOLERANCE = 1e-3
 _ZERO_AREA = 1e-12  # of the unit-size mesh's squared extent
+_SLIVER_HEIGHT = 1e-6
+"""Smallest triangle height (twice its area over its longest edge) xatlas is given, at unit size: single-precision
+coordinates there are spaced up to 1.2e-7 apart, so a thinner triangle's shape is rounding noise, and xatlas returns
+NaN UVs for it (and can loop while packing them)."""
 _OVERLAP_RESOLUTION = 256
 # An index of 0 in an OBJ file: a run of zeros after a space, tab or slash, ending the number. In a face line it names
 # no vertex (indices count from 1; negative ones count back from the last vertex), yet trimesh reads it as the last.
@@ -298,6 +304,13 @@ def _face_areas(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) -> 
     return 0.5 * torch.linalg.cross(triangle[:, 1] - triangle[:, 0], triangle[:, 2] - triangle[:, 0]).norm(dim=-1)
 
 
+def _triangle_heights(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) -> Float[Tensor, " F"]:
+    """Each triangle's smallest height: twice its area over its longest edge (0 for a triangle at one point)."""
+    triangle = vertices[faces]
+    longest = (triangle - triangle.roll(1, dims=1)).norm(dim=-1).amax(dim=1)
+    return torch.where(longest > 0, 2 * _face_areas(vertices, faces) / longest, longest)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # UVs and normals.
 
@@ -351,15 +364,25 @@ def _xatlas_uvs(vertices: Tensor, faces: Tensor, where: str) -> Float[Tensor, "F
     import xatlas
 
     positions, merged = torch.unique(vertices, dim=0, return_inverse=True)
-    try:
-        _, indices, uvs = xatlas.parametrize(
-            unit_size(positions).numpy().astype(np.float32), merged[faces].numpy().astype(np.uint32)
+    unit, corners = unit_size(positions).float(), merged[faces]
+    sound = _triangle_heights(unit.double(), corners) >= _SLIVER_HEIGHT
+    if not bool(sound.any()):
+        raise InputError(
+            f"{where}: every triangle is a sliver thinner than {_SLIVER_HEIGHT:.0e} of the mesh's size (are some "
+            "vertices far from the rest?): xatlas cannot unwrap it; repair the mesh or give it UVs"
         )
+    try:
+        _, indices, uvs = xatlas.parametrize(unit.numpy(), corners[sound].numpy().astype(np.uint32))
     except Exception as error:  # xatlas raises plain RuntimeErrors on degenerate input
         raise InputError(
             f"{where}: xatlas could not build a UV atlas ({error}): repair the mesh or give it UVs"
         ) from error
-    face_uvs = torch.as_tensor(uvs, dtype=torch.float32)[torch.as_tensor(indices.astype(np.int64))]
+    face_uvs = unit.new_zeros(faces.shape[0], 3, 2)
+    face_uvs[sound] = torch.as_tensor(uvs, dtype=torch.float32)[torch.as_tensor(indices.astype(np.int64))]
+    # Slivers cover no pixel; each corner takes a UV its vertex has in the atlas (the texture's corner if none).
+    vertex_uvs = unit.new_zeros(positions.shape[0], 2)
+    vertex_uvs[corners[sound].reshape(-1)] = face_uvs[sound].reshape(-1, 2)
+    face_uvs[~sound] = vertex_uvs[corners[~sound]]
     if not bool(torch.isfinite(face_uvs).all()):
         raise InputError(
             f"{where}: xatlas could not build a UV atlas (it returned non-finite UVs; the triangles are nearly "

@@ -80,6 +80,34 @@ def test_a_mesh_without_uvs_gets_an_xatlas_layout_in_the_same_face_order(tmp_pat
     torch.testing.assert_close(mesh.vertices[mesh.faces], torch.tensor(box.vertices[box.faces], dtype=torch.float32))
 
 
+def test_slivers_are_left_out_of_the_xatlas_layout_and_take_their_vertices_uvs() -> None:
+    """A triangle thinner than single precision can shape makes xatlas return NaN UVs (and can hang its packer): it
+    is unwrapped without them, and each sliver corner takes a UV its vertex has in the layout."""
+    box = box_without_uvs()
+    sliver_vertex = len(box.vertices)  # on the box's first edge, 1e-9 of the box's size off it
+    edge = box.vertices[box.faces[0, :2]]
+    vertices = np.concatenate([box.vertices, [(edge[0] + edge[1]) / 2 + 1e-9]])
+    faces = np.concatenate([box.faces, [[box.faces[0, 0], box.faces[0, 1], sliver_vertex]]])
+    mesh = MeshAsset.from_arrays(torch.tensor(vertices), torch.tensor(faces), None)
+    assert mesh.uv_origin == "xatlas" and bool(torch.isfinite(mesh.face_uvs).all())
+    assert uv_problem(mesh.face_uvs) is None
+    reference = MeshAsset.from_arrays(torch.tensor(box.vertices), torch.tensor(box.faces), None)
+    torch.testing.assert_close(mesh.face_uvs[:-1], reference.face_uvs)  # the box's layout, as without the sliver
+    for corner in range(2):  # the sliver's corners on the box take a UV of theirs
+        candidates = mesh.face_uvs[:-1][torch.tensor(box.faces) == int(faces[-1, corner])]
+        assert bool((candidates == mesh.face_uvs[-1, corner]).all(dim=-1).any())
+    torch.testing.assert_close(mesh.face_uvs[-1, 2], torch.zeros(2))  # its own vertex is in no other triangle
+
+
+def test_a_mesh_of_slivers_is_refused_before_xatlas() -> None:
+    """A vertex far from the rest (a corrupt coordinate) leaves only slivers at unit size: one line, not NaN UVs."""
+    vertices = torch.tensor([[-1.0, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0], [2.0**31, 0, 1.5]])
+    faces = torch.tensor([[0, 2, 1], [0, 3, 2], [0, 1, 4], [1, 2, 4], [2, 3, 4], [3, 0, 4]])
+    with pytest.raises(InputError, match="every triangle is a sliver") as error:
+        MeshAsset.from_arrays(vertices, faces, None, source=Path("pyramid.obj"))
+    assert "pyramid.obj" in str(error.value) and "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize(
     ("uvs", "problem"),
     [

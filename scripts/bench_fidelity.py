@@ -16,15 +16,16 @@ sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, 
 - fit dB: PSNR between the last instance views and the final answer's renders on covered pixels (low: the views
   disagreed and the canonical answer averaged them);
 - lag1: the largest lag-1 correlation of the starting noise x_T over covered neighbouring pixels (white: ~0);
-- shared: for splats, the correlation of x_T at the same part of one Gaussian seen by neighbouring views
-  (consistency: 0 for independent noise per view);
+- shared: the correlation of x_T at the same surface point seen by two views (consistency: 0 for independent noise
+  per view, 1 for one noise seen twice): for splats at the same part of one Gaussian in neighbouring views, for
+  meshes, panoramas and the control at the texels both views see ("-": no two views overlap);
 - one-view b3, b4: for splats, the two finest band ratios of exact prior samples fitted through one view at a time
   and rendered back (nothing averaged): how much detail the Gaussians can hold at all at this view size.
 
 Each ratio r counts as max(r, 1/r). The last line is
 `RESULT worst_std_ratio=<x> worst_band_ratio=<x> heldout_worst_std_ratio=<x> noise_lag1=<x> noise_shared=<x>` over
-the product bridges with the product's default starting noise (`noise_shared` the least of the splat rows; the
-control is reported in `control_worst_ratio`).
+the product bridges with the product's default starting noise (`noise_shared` the least of their rows; the control
+is reported in `control_worst_ratio`).
 
     python scripts/bench_fidelity.py [--presets marble stripes camouflage] [--seeds 3] [--steps 30]
     python scripts/bench_fidelity.py --splat-noise integral   # the product's default starting noise only
@@ -61,6 +62,7 @@ from sync_splat.studies.fidelity import (
     lag_correlation,
     masked_std,
     shared_correlation,
+    texel_shared_correlation,
 )
 from sync_splat.studies.wide_image import WideImageBridge
 
@@ -277,10 +279,11 @@ class FidelityBench:
         error = (torch.cat(last_views) - torch.cat(finals))[covered].double().square().mean()
         fit_db = float(10 * torch.log10(4.0 / error)) if error > 0 else math.inf  # peak-to-peak 2 in [-1, 1]
         lag1 = lag_correlation(torch.cat(starts), masks)
-        shared = None
         if name.startswith("splat"):
             ring = [(view, view + 1) for view in range(self.splat_views - 1)]  # neighbours on the orbit
             shared = shared_correlation(torch.stack(starts), bridge.linear_system("instance"), ring)
+        else:
+            shared = texel_shared_correlation(torch.stack(starts), bridge)
         if setting.one_view is not None and one_view is None:
             one_view = self.one_view_ratios(prior, setting.one_view, bridge.num_views)
         return Row(name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, shared, one_view)

@@ -16,7 +16,13 @@ import torch
 from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.functional.diffusion import NoiseSchedule
 from sync_splat.sampler import SyncConfig, SyncSampler
-from sync_splat.studies.fidelity import band_powers, component_fractions, lag_correlation, masked_std
+from sync_splat.studies.fidelity import (
+    band_powers,
+    component_fractions,
+    lag_correlation,
+    masked_std,
+    texel_shared_correlation,
+)
 from sync_splat.studies.wide_image import WideImageBridge
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -48,6 +54,19 @@ def test_statistics_see_what_they_measure() -> None:
     half = mask.clone()
     half[..., 16:] = False
     assert band_powers(white, half) / flat == pytest.approx(torch.ones(4, dtype=torch.float64), rel=0.15)
+
+
+def test_texel_sharing_is_one_for_one_noise_seen_twice_and_zero_for_independent_views() -> None:
+    bridge = WideImageBridge(2, 8, 24, stride=4)  # five windows, each overlapping the next by half
+    generator = torch.Generator().manual_seed(0)
+    consistent = torch.stack([bridge.initial_noise(generator)[1] for _ in range(4)])
+    assert texel_shared_correlation(consistent, bridge) == pytest.approx(1.0)
+    independent = torch.randn(consistent.shape, generator=generator)
+    assert abs(texel_shared_correlation(independent, bridge)) < 0.1
+    half = (consistent + independent) / 2**0.5  # half of each view's variance shared
+    assert texel_shared_correlation(half, bridge) == pytest.approx(0.5, abs=0.1)
+    apart = WideImageBridge(2, 8, 24, stride=8)
+    assert texel_shared_correlation(apart.initial_noise(generator)[1][None], apart) is None  # no two views overlap
 
 
 def test_an_exact_sampler_reproduces_the_prior_through_the_oracle() -> None:

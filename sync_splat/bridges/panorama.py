@@ -25,15 +25,16 @@ the reference view of ring attention), then the top and bottom views.
   a denominator per view, `unproject_sums`) and divided. Texels no view sees get the value of the nearest seen texel
   (a jump-flood Voronoi fill that wraps at the seam, `fill_uncovered`), so bilinear lookups near the edge of the
   coverage never blend in zeros. The fill copies values through an index fixed by the geometry, so g stays linear.
-- Initial noise: `z_T ~ N(0, I)` and `x_T` by **nearest** sampling, which copies unit-variance values (bilinear
-  sampling would average up to four texels, lowering the variance to as little as 1/4) and gives views that see the
-  same spot the same value. The noise is drawn k times finer than the canonical grid (`noise_cells`), at least twice
-  as fine as the views' pixels: pixels near a view's border are smaller than a texel at matched resolution, and
-  nearest sampling of a grid that coarse would copy one value into neighbouring pixels, noise correlations the
-  denoiser never saw (at matched resolution and k = 1, 13% of the pixels of a 64-pixel view repeat another pixel's
-  value; at k = 2, none; at the default 4 texels per pixel, k = 1 repeats none). `z_T` is the fine noise summed over
-  each texel's k x k block divided by k: exactly unit variance, the same white noise seen at the canonical resolution.
-  So `x_T` is not the bilinear `f(z_T)` (a smoothed view of that noise), but both come from one white noise.
+- Initial noise: white noise drawn on a grid k times finer than the panorama (`noise_cells`; "cells"), and every
+  view pixel's `x_T` the sum of the cells whose centres it sees, divided by the square root of their count (the
+  integral noise of Chang et al., "How I Warped Your Noise", 2024, on a fixed grid). Each value has unit variance;
+  the pixels of one view hold disjoint cells, so every view's noise is white; two views share their noise where
+  their pixels see the same cells, in proportion to the cells they have in common. `z_T` is the cells summed over
+  each texel's k x k block divided by k: exactly unit variance, the same white noise at the canonical resolution. At
+  the default 4 texels per view pixel, k = 1 and a pixel sums 6 to 30 texels; a pixel that sees no cell (possible
+  only on panoramas coarser than their views) draws its own value. Sampling the fine noise at each pixel's centre
+  instead (nearest) is white too, but two views' pixels rarely land on the same cell: the views start almost
+  independent, and averaging views that start apart loses contrast (docs/fidelity.md).
 - Conditions: with a 360-degree depth map (metric distance per direction, `sync_splat.scene.depth_maps`), each
   view's depth is sampled along its rays at the denoiser's image resolution, converted from distance along the ray
   to depth along the optical axis (times the cosine), and turned into normalised inverse depth over all views
@@ -116,8 +117,9 @@ class PanoramaBridgeConfig:
     fill_uncovered: bool = True
     """Give texels no view sees the nearest seen texel's value (wrapping at the seam); off: the warm start or 0."""
     noise_oversample: int | None = None
-    """Initial noise is drawn this many times finer than the panorama, so nearest sampling never repeats a value;
-    None: as many as make the noise at least twice as fine as the views' pixels (2 at `texel_oversample` 1, else 1)."""
+    """Initial noise is drawn this many times finer than the panorama along each axis, so every view pixel sums several
+    cells; None: as many as make the cells at least twice as fine as the views' pixels (2 at `texel_oversample` 1,
+    else 1)."""
     export_decode: Literal["auto", "panorama", "views"] = "auto"
     """How the PNG is decoded: the panorama at once, or per view and averaged in RGB; auto picks 'panorama' for
     pixel-space denoisers and 'views' for latent ones."""
@@ -199,6 +201,9 @@ class _Geometry:
         weight: each term's weight: the view's bilinear weight times the texel's weight in that view, `[M]`.
         weight_sum: the texels' total weight over views, g's denominator, `[1, Ht, Wt]`.
         fill_index: for every texel, the flat index of the nearest texel some view sees, `[Ht * Wt]`.
+        noise_cell: the initial noise's cells (flat in the `[k Ht, 2 k Ht]` grid) that view pixels see, `[P]`.
+        noise_pixel: the flat view pixel that sees each of them, `[P]`.
+        noise_count: how many cells each view pixel sees, `[N * h * w]`.
     """
 
     rays: Tensor
@@ -209,6 +214,9 @@ class _Geometry:
     weight: Tensor
     weight_sum: Tensor
     fill_index: Tensor
+    noise_cell: Tensor
+    noise_pixel: Tensor
+    noise_count: Tensor
 
     def to(self, device: torch.device) -> _Geometry:
         return _Geometry(*(getattr(self, f.name).to(device) for f in fields(self)))
@@ -268,7 +276,9 @@ class PanoramaBridge:
         rays = perspective_rays(self.axes, self.config.fov_deg, size, size).float()
         tap_index, tap_weight = equirect_taps(rays, height, width, self.config.sampling)
         directions = equirect_directions(height, dtype=torch.float64).reshape(-1, 3)
-        sources, targets, weights = [], [], []
+        k = self.config.noise_cells()
+        cell_directions = directions if k == 1 else equirect_directions(k * height, dtype=torch.float64).reshape(-1, 3)
+        sources, targets, weights, cells, cell_pixels = [], [], [], [], []
         weight_sum = torch.zeros(height * width, dtype=torch.float64)
         for view, axes in enumerate(self.axes):
             projection = project_to_view(directions, axes, self.config.fov_deg, size, size)
@@ -279,6 +289,15 @@ class PanoramaBridge:
             targets.append(seen.expand_as(pixel_index).reshape(-1))
             weights.append((pixel_weight * texel_weight[seen]).reshape(-1))
             weight_sum += texel_weight
+            cell_projection = (
+                projection if k == 1 else project_to_view(cell_directions, axes, self.config.fov_deg, size, size)
+            )
+            cell = torch.nonzero(cell_projection.visible).squeeze(1)
+            column, row = cell_projection.pixels[cell].floor().long().clamp(0, size - 1).unbind(-1)
+            cells.append(cell)
+            cell_pixels.append(view * size * size + row * size + column)
+        noise_pixel = torch.cat(cell_pixels)
+        noise_count = torch.zeros(self.num_views * size * size).index_add_(0, noise_pixel, torch.ones(len(noise_pixel)))
         fill_index = nearest_valid_index(weight_sum.reshape(height, width) > 0, wrap_x=True).reshape(-1)
         return _Geometry(
             rays=rays,
@@ -289,6 +308,9 @@ class PanoramaBridge:
             weight=torch.cat(weights).float(),
             weight_sum=weight_sum.float().reshape(1, height, width),
             fill_index=fill_index,
+            noise_cell=torch.cat(cells),
+            noise_pixel=noise_pixel,
+            noise_count=noise_count,
         )
 
     def texel_coverage(self) -> Bool[Tensor, "Ht Wt"]:
@@ -332,14 +354,21 @@ class PanoramaBridge:
         return torch.ones(self.num_views, 1, size, size, device=self.device)
 
     def initial_noise(self, generator: torch.Generator) -> tuple[Float[Tensor, "C Ht Wt"], Float[Tensor, "N C h w"]]:
-        """Unit-variance, view-consistent noise: fine white noise, sampled nearest by the views (`x_T`) and summed
-        over each texel's k x k block divided by k (`z_T`); on the generator's device."""
+        """Unit-variance, white, view-consistent noise: fine white cells, summed over what each view pixel sees and
+        divided by the square root of their count (`x_T`), and over each texel's k x k block divided by k (`z_T`);
+        on the generator's device."""
         channels, height, width = self.canonical_shape
         k = self.config.noise_cells()
+        geometry = self._geometry.on(generator.device)
         fine = torch.randn((channels, k * height, k * width), generator=generator, device=generator.device)
+        own = torch.randn((channels, len(geometry.noise_count)), generator=generator, device=generator.device)
         z_T = fine.reshape(channels, height, k, width, k).sum(dim=(2, 4)) / k
-        x_T = sample_equirect(fine, self._geometry.on(fine.device).rays, "nearest").transpose(0, 1).contiguous()
-        return z_T, x_T
+        sums = torch.zeros_like(own).index_add_(
+            1, geometry.noise_pixel, fine.reshape(channels, -1)[:, geometry.noise_cell]
+        )
+        count = geometry.noise_count.to(own)
+        x_T = torch.where(count > 0, sums / count.clamp_min(1).sqrt(), own)
+        return z_T, x_T.reshape(channels, self.num_views, *self.instance_shape[1:]).transpose(0, 1).contiguous()
 
     # ------------------------------------------------------------------ conditions
 

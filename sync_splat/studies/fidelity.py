@@ -11,6 +11,8 @@ compare like with like:
 - `lag_correlation`: the correlation of horizontally and vertically neighbouring pixels (whiteness of noise);
 - `shared_correlation`: the correlation of two views' pixels that see the same part of one Gaussian (consistency of
   a splat bridge's noise; `same_surface_pixels` finds them);
+- `texel_shared_correlation`: the correlation of two views at the texels both see, each view carried into the
+  canonical grid alone (consistency of a mesh's or a panorama's noise);
 - `component_fractions`: how often each mixture component is the most likely one, under the noise-aware posterior.
 
 Images are in the denoiser's space, `[N, C, h, w]`; masks are `[N, 1, h, w]` booleans.
@@ -22,6 +24,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sync_splat.bridges.base import Bridge
 from sync_splat.bridges.splat_fit import SplatLinearSystem
 from sync_splat.denoisers.prior import GaussianTexturePrior
 
@@ -120,3 +123,35 @@ def shared_correlation(
             products += float((x[:, first].flatten(2)[:, :, a] * x[:, second].flatten(2)[:, :, b]).double().sum())
             count += x.shape[0] * x.shape[2] * len(a)
     return products / count if count else None
+
+
+def texel_shared_correlation(x: Float[Tensor, "S N C h w"], bridge: Bridge) -> float | None:
+    """The correlation of zero-mean noise `x` (draws S of every view) between two views at the texels both see, pooled
+    over every pair of views and the draws; None where no two views share a texel.
+
+    Each view is carried into the canonical grid alone, through its own terms of g (`bridge.unproject_sums` with the
+    other views zero), and divided by its own weights: 1 where every view starts from the same noise there, 0 for
+    independent noise per view. g's resampling smooths both sides alike.
+    """
+    num_views = x.shape[1]
+    seen, values = [], []  # per view: the flat texels it sees, and its noise there [S, C, texels]
+    for view in range(num_views):
+        only = torch.zeros_like(x[0])
+        only[view] = 1.0
+        weight = bridge.unproject_sums(only)[0][0].flatten()
+        texels = torch.nonzero(weight > 1e-6).squeeze(1)
+        sums = torch.stack([bridge.unproject_sums(only * draw)[0].flatten(1)[:, texels] for draw in x])
+        seen.append(texels)
+        values.append(sums.double() / weight[texels].double())
+    totals = torch.zeros(3, dtype=torch.float64)  # sum of a b, a^2 and b^2 over the shared texels
+    for first in range(num_views):
+        position = torch.full_like(weight, -1, dtype=torch.long)
+        position[seen[first]] = torch.arange(len(seen[first]))
+        for second in range(first + 1, num_views):
+            where_first = position[seen[second]]
+            both = where_first >= 0
+            a, b = values[first][..., where_first[both]], values[second][..., both]
+            totals += torch.stack([(a * b).sum(), a.square().sum(), b.square().sum()])
+    if totals[1] == 0:
+        return None
+    return float(totals[0] / (totals[1] * totals[2]).sqrt())

@@ -18,8 +18,14 @@ from sync_splat.bridges.panorama import PanoramaBridge, PanoramaBridgeConfig, cu
 from sync_splat.codec import PixelCodec
 from sync_splat.denoisers.prior import GaussianTexturePriorConfig
 from sync_splat.errors import InputError
-from sync_splat.functional.equirect import direction_to_lonlat, equirect_directions, equirect_taps
+from sync_splat.functional.equirect import (
+    direction_to_lonlat,
+    equirect_directions,
+    project_to_view,
+    sample_equirect,
+)
 from sync_splat.sampler import SyncConfig, SyncSampler
+from sync_splat.studies.fidelity import lag_correlation, texel_shared_correlation
 
 FULL_SPHERE = PanoramaBridgeConfig(elevations_deg=(0.0, 45.0, -45.0), pole_views=True)
 
@@ -177,6 +183,17 @@ def test_project_and_unproject_are_linear(sampling) -> None:
     assert bool((panorama.coverage() == 1).all())
 
 
+def cells_seen(panorama: PanoramaBridge, view: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The initial noise's cells (flat in its k times finer grid) whose centres `view` sees, and the flat pixel
+    each falls in."""
+    k, size = panorama.config.noise_cells(), panorama.instance_shape[-1]
+    cells = equirect_directions(k * panorama.canonical_shape[1], dtype=torch.float64).reshape(-1, 3)
+    projection = project_to_view(cells, panorama.axes[view], panorama.config.fov_deg, size, size)
+    seen = torch.nonzero(projection.visible).squeeze(1)
+    column, row = projection.pixels[seen].floor().long().clamp(0, size - 1).unbind(-1)
+    return seen, row * size + column
+
+
 def test_initial_noise_has_unit_variance_and_is_view_consistent() -> None:
     panorama = bridge(FULL_SPHERE, channels=4, height=40)
     z_T, x_T = panorama.initial_noise(torch.Generator().manual_seed(0))
@@ -185,29 +202,52 @@ def test_initial_noise_has_unit_variance_and_is_view_consistent() -> None:
         assert abs(float(noise.mean())) < 0.05
         assert float(noise.var()) == pytest.approx(1.0, abs=0.05)
 
-    # Pixels whose rays fall in the same fine noise cell hold the same noise, across views.
+    # Both come from one fine white noise: z_T sums each texel's k x k cells over k, and every view pixel sums the
+    # cells whose centres it sees over the square root of their count.
     k = panorama.config.noise_cells()
-    assert k == 2  # texels matched to pixels: noise twice as fine
-    _, height, width = panorama.canonical_shape
-    cell = equirect_taps(panorama.view_rays(), k * height, k * width, "nearest")[0][0].reshape(-1)
-    values = x_T.transpose(0, 1).reshape(4, -1)
-    first = torch.full((k * k * height * width,), -1, dtype=torch.long)
-    first.scatter_(0, cell.flip(0), torch.arange(cell.numel() - 1, -1, -1))  # some pixel of each cell
-    shared = cell.bincount()[cell] > 1
-    assert int(shared.sum()) > 100  # the views overlap
-    torch.testing.assert_close(values, values[:, first[cell]])
+    assert k == 2  # texels matched to pixels: cells twice as fine
+    channels, height, width = panorama.canonical_shape
+    fine = torch.randn((channels, k * height, k * width), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z_T, fine.reshape(channels, height, k, width, k).sum(dim=(2, 4)) / k)
+    for view in (0, panorama.num_views - 1):  # a ring view and a pole view
+        seen, pixel = cells_seen(panorama, view)
+        count = pixel.bincount(minlength=panorama.instance_shape[-1] ** 2)
+        assert int(count.min()) >= 1
+        sums = torch.zeros(channels, len(count)).index_add_(1, pixel, fine.reshape(channels, -1)[:, seen])
+        torch.testing.assert_close(x_T[view].reshape(channels, -1), sums / count.sqrt())
 
-    # Within one view no value repeats (the fine grid), which nearest sampling of the canonical grid would not give.
-    view = x_T[0, 0].reshape(-1)
-    assert view.unique().numel() == view.numel()
-    coarse = bridge(replace(FULL_SPHERE, noise_oversample=1), channels=1, height=40)
-    _, x_coarse = coarse.initial_noise(torch.Generator().manual_seed(0))
-    assert x_coarse[0, 0].unique().numel() < x_coarse[0, 0].numel()
-    # With 4 texels per view pixel (the default), noise on the panorama's own grid repeats no value either.
-    dense = bridge(FULL_SPHERE, channels=1, height=160, texel_oversample=4)
-    assert dense.config.noise_cells() == 1 and dense.instance_shape[-1] == 16
-    _, x_dense = dense.initial_noise(torch.Generator().manual_seed(0))
-    assert x_dense[0, 0].unique().numel() == x_dense[0, 0].numel()
+
+def test_initial_noise_is_white_in_every_view_and_shared_between_views() -> None:
+    """The pixels of a view hold disjoint cells (white noise); views overlap in the cells they see, so they share
+    most of their noise there, which sampling each pixel's centre cell (nearest) would not give."""
+    for panorama in (bridge(FULL_SPHERE, channels=2, height=40), bridge(FULL_SPHERE, channels=2, height=160,
+                                                                         texel_oversample=4)):  # fmt: skip
+        generator = torch.Generator().manual_seed(1)
+        x = torch.stack([panorama.initial_noise(generator)[1] for _ in range(8)])
+        assert lag_correlation(x.flatten(0, 1)) < 0.02
+        shared = texel_shared_correlation(x, panorama)
+        assert shared is not None and shared > 0.55
+        k = panorama.config.noise_cells()
+        channels, height, width = panorama.canonical_shape
+        nearest = torch.stack([
+            sample_equirect(torch.randn((channels, k * height, k * width), generator=generator), panorama.view_rays(),
+                            "nearest").transpose(0, 1)
+            for _ in range(8)
+        ])  # fmt: skip
+        assert texel_shared_correlation(nearest, panorama) < shared - 0.2
+
+
+def test_pixels_that_see_no_noise_cell_draw_their_own_value() -> None:
+    """Cells as coarse as the texels of a panorama matched to its views: the views' border pixels, smaller than a
+    texel, see no cell centre; they keep unit variance."""
+    panorama = bridge(replace(FULL_SPHERE, noise_oversample=1), channels=1, height=40)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.stack([panorama.initial_noise(generator)[1] for _ in range(400)])
+    pixels = panorama.instance_shape[-1] ** 2
+    for view in range(panorama.num_views):
+        empty = cells_seen(panorama, view)[1].bincount(minlength=pixels) == 0
+        assert int(empty.sum()) > 0
+        assert float(x[:, view].var(dim=0).flatten()[empty].mean()) == pytest.approx(1.0, abs=0.15)
 
 
 def test_a_sampled_panorama_has_no_seam() -> None:

@@ -31,10 +31,11 @@ the reference view of ring attention), then the top and bottom views.
   the pixels of one view hold disjoint cells, so every view's noise is white; two views share their noise where
   their pixels see the same cells, in proportion to the cells they have in common. `z_T` is the cells summed over
   each texel's k x k block divided by k: exactly unit variance, the same white noise at the canonical resolution. At
-  the default 4 texels per view pixel, k = 1 and a pixel sums 6 to 30 texels; a pixel that sees no cell (possible
-  only on panoramas coarser than their views) draws its own value. Sampling the fine noise at each pixel's centre
-  instead (nearest) is white too, but two views' pixels rarely land on the same cell: the views start almost
-  independent, and averaging views that start apart loses contrast (docs/fidelity.md).
+  the default 4 texels per view pixel, k = 1 and a pixel sums at least 6 texels (22 on average, more near the
+  poles, where the texels narrow); a pixel that sees no cell (possible only with cells coarser than the default)
+  draws its own value. Sampling the fine noise at each pixel's centre instead (nearest) is white too, but two views'
+  pixels rarely land on the same cell: the views start almost independent, and averaging views that start apart
+  loses contrast (docs/fidelity.md).
 - Conditions: with a 360-degree depth map (metric distance per direction, `sync_splat.scene.depth_maps`), each
   view's depth is sampled along its rays at the denoiser's image resolution, converted from distance along the ray
   to depth along the optical axis (times the cosine), and turned into normalised inverse depth over all views

@@ -20,11 +20,12 @@ Images are in the denoiser's space, `[N, C, h, w]`; masks are `[N, 1, h, w]` boo
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sync_splat.bridges.base import Bridge
 from sync_splat.bridges.splat_fit import SplatLinearSystem
 from sync_splat.denoisers.prior import GaussianTexturePrior
 
@@ -125,7 +126,13 @@ def shared_correlation(
     return products / count if count else None
 
 
-def texel_shared_correlation(x: Float[Tensor, "S N C h w"], bridge: Bridge) -> float | None:
+class SummedBridge(Protocol):
+    """A bridge whose g is written as per-view sums (meshes, panoramas, wide images)."""
+
+    def unproject_sums(self, x: Float[Tensor, "N C h w"]) -> tuple[Tensor, Tensor]: ...
+
+
+def texel_shared_correlation(x: Float[Tensor, "S N C h w"], bridge: SummedBridge) -> float | None:
     """The correlation of zero-mean noise `x` (draws S of every view) between two views at the texels both see, pooled
     over every pair of views and the draws; None where no two views share a texel.
 
@@ -145,7 +152,7 @@ def texel_shared_correlation(x: Float[Tensor, "S N C h w"], bridge: Bridge) -> f
         values.append(sums.double() / weight[texels].double())
     totals = torch.zeros(3, dtype=torch.float64)  # sum of a b, a^2 and b^2 over the shared texels
     for first in range(num_views):
-        position = torch.full_like(weight, -1, dtype=torch.long)
+        position = torch.full((len(weight),), -1, dtype=torch.long)
         position[seen[first]] = torch.arange(len(seen[first]))
         for second in range(first + 1, num_views):
             where_first = position[seen[second]]

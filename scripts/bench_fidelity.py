@@ -19,8 +19,9 @@ sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, 
 - shared: the correlation of x_T at the same surface point seen by two views (consistency: 0 for independent noise
   per view, 1 for one noise seen twice): for splats at the same part of one Gaussian in neighbouring views, for
   meshes, panoramas and the control at the texels both views see ("-": no two views overlap);
-- one-view b3, b4: for splats, the two finest band ratios of exact prior samples fitted through one view at a time
-  and rendered back (nothing averaged): how much detail the Gaussians can hold at all at this view size.
+- one-view b3, b4: for the product bridges, the two finest band ratios of exact prior samples fitted through one view
+  at a time and rendered back (nothing averaged): how much detail the Gaussians, the texture or the panorama can
+  hold at all at this view size.
 
 Each ratio r counts as max(r, 1/r). The last line is
 `RESULT worst_std_ratio=<x> worst_band_ratio=<x> heldout_worst_std_ratio=<x> noise_lag1=<x> noise_shared=<x>` over
@@ -74,8 +75,8 @@ CONTROL = "wide-control"
 
 @dataclass(frozen=True)
 class Setting:
-    """One bridge to measure: the instance bridge, a held-out bridge on the same canonical space, and (splats) the
-    bridge of each instance view alone."""
+    """One bridge to measure: the instance bridge, a held-out bridge on the same canonical space, and (product
+    bridges) the bridge of each instance view alone."""
 
     name: str
     instance: Bridge
@@ -229,13 +230,26 @@ class FidelityBench:
             mesh = MeshAsset.load(fixture("clutch_bag.obj"))
             config = MeshBridgeConfig(device="cpu")
             held_out = replace(config, azimuths=7, elevation_deg=15.0, upper_azimuths_deg=(90.0,))
-            return Setting(name, config.setup(prior, mesh), held_out.setup(prior, mesh))
+            angles = config.view_angles()
+
+            def one_mesh_view(view: int) -> Bridge:
+                elevation, azimuth = angles[view]
+                alone = replace(config, azimuths=0, upper_azimuths_deg=(azimuth,), upper_elevation_deg=elevation)
+                return alone.setup(prior, mesh)
+
+            return Setting(name, config.setup(prior, mesh), held_out.setup(prior, mesh), one_mesh_view)
         if name.startswith("panorama"):
             # The product's default: views of the denoiser's native side, `texel_oversample` texels per view pixel.
             config = replace(PanoramaConfig(prompt=prior.name).bridge_config(), device="cpu")
             depth = depth_room() if name == "panorama-depth" else None
             held_out = replace(config, elevations_deg=(20.0, -25.0), views_per_ring=5, pole_views=False)
-            return Setting(name, config.setup(prior, depth), held_out.setup(prior, depth))
+            orientations = config.view_orientations()
+
+            def one_panorama_view(view: int) -> Bridge:  # at yaw 0: the grid is the same at every yaw
+                alone = replace(config, elevations_deg=(orientations[view][1],), views_per_ring=1, pole_views=False)
+                return alone.setup(prior, depth)
+
+            return Setting(name, config.setup(prior, depth), held_out.setup(prior, depth), one_panorama_view)
         size = prior.native_size
         stride = size if self.control_stride is None else self.control_stride
         instance = WideImageBridge(3, size, 3 * size, stride=stride)

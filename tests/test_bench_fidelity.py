@@ -122,6 +122,27 @@ def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str], m
     assert len(one_view_runs) == 1  # once for the splat bridge and preset, whatever the noise
 
 
+def test_one_view_bridges_see_what_their_instance_view_sees(shared_fixture) -> None:  # noqa: ANN001
+    """The one-view ceiling of the mesh and the panorama fits each instance view alone: the same camera (the panorama
+    at yaw 0, its grid being the same at every yaw), the same pixels."""
+    bench = load_bench()
+    shared_fixture("clutch_bag.obj")
+    settings = bench.FidelityBench(size=16)
+    prior = settings.prior("marble")
+    mesh = settings.setting(prior, "mesh-clutch", "default")
+    for view in (0, mesh.instance.num_views - 1):  # a ring view and a top view
+        alone = mesh.one_view(view)
+        assert alone.num_views == 1
+        torch.testing.assert_close(alone.cameras.c2w[0], mesh.instance.cameras.c2w[view])
+        torch.testing.assert_close(alone.coverage()[0], mesh.instance.coverage()[view])
+    panorama = settings.setting(prior, "panorama-text", "default")
+    first_ring, pole = panorama.one_view(0), panorama.one_view(panorama.instance.num_views - 1)
+    assert first_ring.num_views == pole.num_views == 1
+    assert first_ring.canonical_shape == panorama.instance.canonical_shape
+    torch.testing.assert_close(first_ring.axes[0], panorama.instance.axes[0])
+    torch.testing.assert_close(pole.axes[0][:, 2], panorama.instance.axes[-1][:, 2])  # looking the same way
+
+
 def test_the_control_schedule_and_spacing_options_reach_the_run() -> None:
     bench = load_bench()
     default = bench.FidelityBench(size=16)

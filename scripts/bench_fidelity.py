@@ -34,6 +34,7 @@ is reported in `control_worst_ratio`).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -245,11 +246,16 @@ class FidelityBench:
             held_out = replace(config, elevations_deg=(20.0, -25.0), views_per_ring=5, pole_views=False)
             orientations = config.view_orientations()
 
-            def one_panorama_view(view: int) -> Bridge:  # at yaw 0: the grid is the same at every yaw
-                alone = replace(config, elevations_deg=(orientations[view][1],), views_per_ring=1, pole_views=False)
-                return alone.setup(prior, depth)
+            @functools.cache
+            def at_pitch(pitch: float) -> Bridge:  # at yaw 0: the grid is the same at every yaw
+                return replace(config, elevations_deg=(pitch,), views_per_ring=1, pole_views=False).setup(prior, depth)
 
-            return Setting(name, config.setup(prior, depth), held_out.setup(prior, depth), one_panorama_view)
+            return Setting(
+                name,
+                config.setup(prior, depth),
+                held_out.setup(prior, depth),
+                lambda view: at_pitch(orientations[view][1]),
+            )
         size = prior.native_size
         stride = size if self.control_stride is None else self.control_stride
         instance = WideImageBridge(3, size, 3 * size, stride=stride)

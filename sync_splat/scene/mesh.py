@@ -9,19 +9,13 @@ origin on load), so texel row r of an Ht-row texture holds `v = 1 - (r + 0.5) / 
 Loading (`MeshAsset.load`) goes through trimesh with `process=False` (no vertex merging or reordering). A scene with
 several geometries is flattened with its transforms and concatenated; an OBJ whose MTL file is missing loads
 without materials (only geometry and UVs are used). UVs come from the file when they are usable, else from xatlas
-(`uvs="auto"`); `uvs="file"` refuses unusable UVs and `uvs="xatlas"` always generates new ones. UVs are unusable
-when some part has none, when they are not finite, when they leave [0, 1] (tiling UVs would need a repeating
-texture), when every UV triangle has zero area, or when charts overlap (mirrored or stacked islands, or several
-parts each with its own texture): one texel would then have to hold two surfaces' colours. Overlap is measured by
-rasterising the layout at 256 x 256 texels: the UV triangles' summed area may exceed the covered area by at most
-`MAX_UV_OVERLAP` (10%).
+(`uvs="auto"`); `uvs="file"` refuses unusable UVs and `uvs="xatlas"` always generates new ones. What makes UVs
+unusable, and how xatlas is called, is `sync_splat.scene.uv_layout`.
 
 Geometry is refused before any work when it cannot be rendered: non-finite vertices, coordinates beyond
 `MAX_COORDINATE` (corrupt files; single-precision normals overflow there), all vertices at one point, or every
 triangle of zero area. Normals, areas and xatlas's input are computed on the mesh moved to unit size in double
-precision (`unit_size`), so a mesh's size and offset do not matter to them. xatlas works in single precision and
-is not given slivers (triangles thinner than 1e-6 of the mesh's size, whose shape there is rounding noise; it answers
-them with NaN UVs): they cover no pixel, and their corners take UVs their vertices have in the atlas.
+precision (`unit_size`), so a mesh's size and offset do not matter to them.
 
 Export (`MeshAsset.save`) writes the mesh in its own coordinates (normalisation is for rendering only) with a
 texture image: `name.obj` + `name.mtl` + `name.png`, or a binary glTF `name.glb` (trimesh `TextureVisuals` with a
@@ -45,26 +39,17 @@ from jaxtyping import Float, Int64
 from torch import Tensor
 
 from sync_splat.errors import InputError
-from sync_splat.render.mesh import rasterize_uv
 from sync_splat.scene.files import atomic_output
 from sync_splat.scene.images import encode_png, to_uint8
+from sync_splat.scene.uv_layout import uv_problem, xatlas_uvs
 
 UVMode = Literal["auto", "file", "xatlas"]
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply")
 """File types `MeshAsset.load` reads."""
-MAX_UV_OVERLAP = 0.10
-"""UV triangles may cover at most this fraction more area than their union (seams, slivers) before they count as
-overlapping."""
 MAX_COORDINATE = 1e18
 """Largest vertex coordinate magnitude accepted: beyond it, squared lengths and cross products of the single-precision
 positions overflow (in renderers and viewers as well as here); such coordinates come from corrupt files."""
-_UV_TOLERANCE = 1e-3
 _ZERO_AREA = 1e-12  # of the unit-size mesh's squared extent
-_SLIVER_HEIGHT = 1e-6
-"""Smallest triangle height (twice its area over its longest edge) xatlas is given, at unit size: single-precision
-coordinates there are spaced up to 1.2e-7 apart, so a thinner triangle's shape is rounding noise, and xatlas returns
-NaN UVs for it (and can loop while packing them)."""
-_OVERLAP_RESOLUTION = 256
 # An index of 0 in an OBJ file: a run of zeros after a space, tab or slash, ending the number. In a face line it names
 # no vertex (indices count from 1; negative ones count back from the last vertex), yet trimesh reads it as the last.
 _OBJ_ZERO_INDEX = re.compile(rb"[ \t/][+-]?0+(?=[ \t/\r\n#]|\Z)")
@@ -174,7 +159,9 @@ class MeshAsset:
             )
         origin: Literal["file", "xatlas"] = "file"
         if uv_mode == "xatlas" or problem is not None:
-            face_uvs, origin = _xatlas_uvs(vertices_t, faces_t, where), "xatlas"
+            # Vertices at one position are merged, so seams of the file's old layout do not split xatlas charts.
+            positions, merged = torch.unique(vertices_t, dim=0, return_inverse=True)
+            face_uvs, origin = xatlas_uvs(unit_size(positions).float(), merged[faces_t], where), "xatlas"
         assert face_uvs is not None
         return cls(
             vertices=vertices_t,
@@ -304,43 +291,8 @@ def _face_areas(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) -> 
     return 0.5 * torch.linalg.cross(triangle[:, 1] - triangle[:, 0], triangle[:, 2] - triangle[:, 0]).norm(dim=-1)
 
 
-def _triangle_heights(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) -> Float[Tensor, " F"]:
-    """Each triangle's smallest height: twice its area over its longest edge (0 for a triangle at one point)."""
-    triangle = vertices[faces]
-    longest = (triangle - triangle.roll(1, dims=1)).norm(dim=-1).amax(dim=1)
-    return torch.where(longest > 0, 2 * _face_areas(vertices, faces) / longest, longest)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
-# UVs and normals.
-
-
-def uv_problem(face_uvs: Float[Tensor, "F 3 2"] | None) -> str | None:
-    """Why a UV layout cannot hold one texture, or None when it can (the rules are in the module docstring)."""
-    if face_uvs is None:
-        return "no UVs"
-    if face_uvs.isnan().any(dim=(1, 2)).all():
-        return "no UVs"
-    if not torch.isfinite(face_uvs).all():
-        return "some parts have no UVs, or some UVs are NaN or infinite"
-    if face_uvs.min() < -_UV_TOLERANCE or face_uvs.max() > 1 + _UV_TOLERANCE:
-        return f"UVs span [{face_uvs.min():.3g}, {face_uvs.max():.3g}], outside [0, 1] (tiling or unnormalised UVs)"
-    face_uvs = face_uvs.clamp(0.0, 1.0)
-    area = uv_areas(face_uvs)
-    total = float(area.sum())
-    if total <= 1e-12:
-        return "every UV triangle has zero area"
-    face_id, _ = rasterize_uv(face_uvs, _OVERLAP_RESOLUTION, _OVERLAP_RESOLUTION)
-    covered = float((face_id >= 0).float().mean())
-    if total > (1 + MAX_UV_OVERLAP) * covered + 4.0 / _OVERLAP_RESOLUTION:
-        return f"UV charts overlap: the triangles cover {total / max(covered, 1e-12):.2f}x the area of their union"
-    return None
-
-
-def uv_areas(face_uvs: Float[Tensor, "F 3 2"]) -> Float[Tensor, " F"]:
-    """Unsigned area of each UV triangle (the whole texture has area 1)."""
-    a, b, c = face_uvs.unbind(1)
-    return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])).abs()
+# Normals.
 
 
 def vertex_normals(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) -> Float[Tensor, "V 3"]:
@@ -353,42 +305,6 @@ def vertex_normals(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) 
     summed = torch.zeros_like(unit).index_add_(0, corners.reshape(-1), face_normal.repeat_interleave(3, dim=0))
     normal = torch.nn.functional.normalize(summed, dim=-1)
     return normal[merged].to(vertices.dtype)
-
-
-def _xatlas_uvs(vertices: Tensor, faces: Tensor, where: str) -> Float[Tensor, "F 3 2"]:
-    """A fresh UV atlas from xatlas, per face corner in the input's face order.
-
-    Vertices at the same position are merged first, so seams of the file's old layout do not split xatlas charts.
-    xatlas sees the mesh at unit size (`unit_size`): its single-precision maths fails on very small or large meshes.
-    """
-    import xatlas
-
-    positions, merged = torch.unique(vertices, dim=0, return_inverse=True)
-    unit, corners = unit_size(positions).float(), merged[faces]
-    sound = _triangle_heights(unit.double(), corners) >= _SLIVER_HEIGHT
-    if not bool(sound.any()):
-        raise InputError(
-            f"{where}: every triangle is a sliver thinner than {_SLIVER_HEIGHT:.0e} of the mesh's size (are some "
-            "vertices far from the rest?): xatlas cannot unwrap it; repair the mesh or give it UVs"
-        )
-    try:
-        _, indices, uvs = xatlas.parametrize(unit.numpy(), corners[sound].numpy().astype(np.uint32))
-    except Exception as error:  # xatlas raises plain RuntimeErrors on degenerate input
-        raise InputError(
-            f"{where}: xatlas could not build a UV atlas ({error}): repair the mesh or give it UVs"
-        ) from error
-    face_uvs = unit.new_zeros(faces.shape[0], 3, 2)
-    face_uvs[sound] = torch.as_tensor(uvs, dtype=torch.float32)[torch.as_tensor(indices.astype(np.int64))]
-    # Slivers cover no pixel; each corner takes a UV its vertex has in the atlas (the texture's corner if none).
-    vertex_uvs = unit.new_zeros(positions.shape[0], 2)
-    vertex_uvs[corners[sound].reshape(-1)] = face_uvs[sound].reshape(-1, 2)
-    face_uvs[~sound] = vertex_uvs[corners[~sound]]
-    if not bool(torch.isfinite(face_uvs).all()):
-        raise InputError(
-            f"{where}: xatlas could not build a UV atlas (it returned non-finite UVs; the triangles are nearly "
-            "degenerate): repair the mesh (e.g. Blender's Mesh > Clean Up) or give it UVs"
-        )
-    return face_uvs
 
 
 # ---------------------------------------------------------------------------------------------------------------------

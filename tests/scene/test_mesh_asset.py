@@ -12,7 +12,8 @@ import torch
 import trimesh
 
 from sync_splat.errors import InputError
-from sync_splat.scene.mesh import MeshAsset, uv_problem
+from sync_splat.scene.mesh import MeshAsset
+from sync_splat.scene.uv_layout import uv_problem
 
 QUAD_OBJ = """mtllib missing.mtl
 usemtl material_0

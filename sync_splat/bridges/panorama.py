@@ -298,7 +298,7 @@ class PanoramaBridge:
             cells.append(cell)
             cell_pixels.append(view * size * size + row * size + column)
         noise_pixel = torch.cat(cell_pixels)
-        noise_count = torch.zeros(self.num_views * size * size).index_add_(0, noise_pixel, torch.ones(len(noise_pixel)))
+        noise_count = noise_pixel.bincount(minlength=self.num_views * size * size).float()
         fill_index = nearest_valid_index(weight_sum.reshape(height, width) > 0, wrap_x=True).reshape(-1)
         return _Geometry(
             rays=rays,

@@ -12,7 +12,9 @@ sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, 
 - held-out std and worst band: the same on views the sampler never used, rendered from the final canonical answer
   (cameras between the instance cameras);
 - mix: for mixtures, the largest gap between how often each component wins under the noise-aware posterior and the
-  prior's weight;
+  prior's weight. A few seeds are a few draws of the mix (one seed's views show one texture), and the components
+  differ in contrast, so for mixtures every other statistic compares with prior samples drawn with the delivered
+  views' component fractions: each component's texture against the prior's texture of that component;
 - fit dB: PSNR between the last instance views and the final answer's renders on covered pixels (low: the views
   disagreed and the canonical answer averaged them);
 - lag1: the largest lag-1 correlation of the starting noise x_T over covered neighbouring pixels (white: ~0);
@@ -159,6 +161,9 @@ class FidelityBench:
     timestep_spacing: StepSpacing = SyncConfig.timestep_spacing
     """Which train timesteps the steps visit (`SyncConfig.timestep_spacing`; "model": the schedule's own, SD 1.5's
     "leading")."""
+    back_projection_steps: int | None = None
+    """Back-projection steps of the mesh's and the panorama's g (`back_projection_steps` of their configs; None:
+    the product's default, 0: the plain weighted average)."""
     prior_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
     """The prior's noise schedule: Stable Diffusion 1.5's, or the DDPM paper's linear one, whose last timestep is
     almost pure noise (alpha_bar 4e-5 against 0.0047): what the schedule alone costs the control."""
@@ -179,6 +184,8 @@ class FidelityBench:
             raise InputError(f"--bridges: unknown {sorted(unknown)}; choose from {[*PRODUCT_BRIDGES, CONTROL]}")
         if self.seeds < 1 or self.steps < 1 or self.size < 8 or self.prior_samples < 2:
             raise InputError("--seeds, --steps must be at least 1, --size at least 8, --prior-samples at least 2")
+        if self.back_projection_steps is not None and self.back_projection_steps < 0:
+            raise InputError(f"--back-projection-steps must be non-negative, got {self.back_projection_steps}")
         if self.control_stride is not None and not 1 <= self.control_stride <= self.size:
             raise InputError(f"--control-stride must be in 1..--size ({self.size}), got {self.control_stride}")
         start = time.perf_counter()
@@ -210,6 +217,11 @@ class FidelityBench:
             num_steps=self.steps, timestep_spacing=self.timestep_spacing, consistent_noise=noise != "independent"
         )
 
+    def back_projection(self) -> dict[str, int]:
+        """The mesh's and the panorama's `back_projection_steps` when this run sets them."""
+        steps = self.back_projection_steps
+        return {} if steps is None else {"back_projection_steps": steps}
+
     def setting(self, prior: GaussianTexturePrior, name: str, noise: str) -> Setting:
         if name.startswith("splat"):
             scene = make_demo_scene() if name == "splat-demo" else GaussianScene.load(fixture("donut_mipsplatting.ply"))
@@ -229,7 +241,7 @@ class FidelityBench:
             )  # fmt: skip
         if name == "mesh-clutch":
             mesh = MeshAsset.load(fixture("clutch_bag.obj"))
-            config = MeshBridgeConfig(device="cpu")
+            config = MeshBridgeConfig(device="cpu", **self.back_projection())
             held_out = replace(config, azimuths=7, elevation_deg=15.0, upper_azimuths_deg=(90.0,))
             angles = config.view_angles()
 
@@ -241,7 +253,7 @@ class FidelityBench:
             return Setting(name, config.setup(prior, mesh), held_out.setup(prior, mesh), one_mesh_view)
         if name.startswith("panorama"):
             # The product's default: views of the denoiser's native side, `texel_oversample` texels per view pixel.
-            config = replace(PanoramaConfig(prompt=prior.name).bridge_config(), device="cpu")
+            config = replace(PanoramaConfig(prompt=prior.name).bridge_config(), device="cpu", **self.back_projection())
             depth = depth_room() if name == "panorama-depth" else None
             held_out = replace(config, elevations_deg=(20.0, -25.0), views_per_ring=5, pole_views=False)
             orientations = config.view_orientations()
@@ -283,18 +295,24 @@ class FidelityBench:
             views.append(result.x.cpu())
             finals.append(bridge.project(result.z).cpu())
             held_out_views.append(held_out.project(result.z).cpu())
-        reference = prior.sample(self.prior_samples, *bridge.instance_shape[1:], torch.Generator().manual_seed(1234))
-        held_out_reference = prior.sample(
-            self.prior_samples, *held_out.instance_shape[1:], torch.Generator().manual_seed(4321)
-        )
         views_t, held_out_t = torch.cat(views), torch.cat(held_out_views)
+        mix = fractions = held_out_fractions = None
+        if prior.num_components > 1:
+            # One seed's views show one texture, mostly of one component: a few seeds are a few draws of the mix,
+            # and the components differ in contrast. `mix` compares the draws with the prior's weights; the other
+            # statistics compare each component's texture with the prior's texture of that component.
+            fractions, held_out_fractions = component_fractions(prior, views_t), component_fractions(prior, held_out_t)
+            mix = float((fractions - prior.weights.double()).abs().max())
+        reference = prior.sample(
+            self.prior_samples, *bridge.instance_shape[1:], torch.Generator().manual_seed(1234), weights=fractions
+        )
+        held_out_reference = prior.sample(
+            self.prior_samples, *held_out.instance_shape[1:], torch.Generator().manual_seed(4321),
+            weights=held_out_fractions,
+        )  # fmt: skip
         masks, held_out_masks = mask.repeat(self.seeds, 1, 1, 1), held_out_mask.repeat(self.seeds, 1, 1, 1)
         std, bands = self.ratios(views_t, masks, reference)
         held_out_std, held_out_bands = self.ratios(held_out_t, held_out_masks, held_out_reference)
-        mix = None
-        if prior.num_components > 1:
-            fractions = component_fractions(prior, views_t)
-            mix = float((fractions - prior.weights.double()).abs().max())
         covered = masks.expand_as(views_t)
         error = (torch.cat(last_views) - torch.cat(finals))[covered].double().square().mean()
         fit_db = float(10 * torch.log10(4.0 / error)) if error > 0 else math.inf  # peak-to-peak 2 in [-1, 1]

@@ -69,6 +69,9 @@ class PanoramaConfig(SamplingSettings):
     more of the views' contrast, docs/fidelity.md)."""
     border_feather: float = 0.5
     """The weights also ramp from 0 at a view's edge over this fraction of its half-width (0: a hard edge)."""
+    back_projection_steps: int = 1
+    """Corrections of the views' average by what the views still differ from the panorama's renders, so that the
+    round trip the sampler makes at every step does not blur the views' detail away (0: the plain average)."""
     noise_oversample: int | None = None
     """Initial noise is drawn this many times finer than the panorama, so no view repeats a noise value (None: at
     least twice as fine as the views' pixels)."""
@@ -88,6 +91,7 @@ class PanoramaConfig(SamplingSettings):
             sampling=self.sampling,
             weight_power=self.weight_power,
             border_feather=self.border_feather,
+            back_projection_steps=self.back_projection_steps,
             noise_oversample=self.noise_oversample,
             export_decode=self.export_decode,
         )

@@ -1,5 +1,5 @@
-"""What every bridge shares: shape checks, the division that ends an aggregation, a per-device cache of the
-precomputed geometry, and the rule that turns a camera's direction into a prompt suffix.
+"""What every bridge shares: shape checks, the division that ends an aggregation, the back-projection that refines
+it, a per-device cache of the precomputed geometry, and the rule that turns a camera's direction into a prompt suffix.
 
 Every bridge writes g as per-view sums, a numerator and a denominator accumulated over views (so views can be split
 across processes and combined with one all-reduce); `divide_sums` turns them into the canonical answer. Filling what
@@ -8,6 +8,7 @@ no view sees is `sync_splat.functional.fill`; writing PNGs is `sync_splat.scene.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -34,6 +35,34 @@ def divide_sums(num: Tensor, den: Tensor, previous: Tensor | None = None) -> Ten
     covered = den > 0
     fallback = torch.zeros_like(num) if previous is None else previous.to(num).expand_as(num)
     return torch.where(covered, num / torch.where(covered, den, torch.ones_like(den)), fallback)
+
+
+def back_project(
+    x: Tensor,
+    aggregate: Callable[[Tensor], Tensor],
+    project: Callable[[Tensor], Tensor],
+    steps: int,
+    start: Tensor | None = None,
+) -> Tensor:
+    """g refined by back-projection: `z = aggregate(x)`, then `steps` times `z += aggregate(x - project(z))`.
+
+    A weighted average of resampled views is blurred once more by every round trip `f(g(x))`, and the sampler makes
+    that round trip at every synchronised step. Each step puts back what the views still differ from the answer's
+    renders, so the views' shared detail survives; where views agree exactly the answer is the same. Linear in `x`
+    when `aggregate` and `project` are.
+
+    Args:
+        x: the views.
+        aggregate: the plain g: the views' weighted average in the canonical space.
+        project: f, rendering a canonical value into the views.
+        steps: how many refinements (0: the weighted average).
+        start: `aggregate(x)` when already computed, or computed otherwise (e.g. with a fallback for what no view
+            sees, which the refinements then leave as it is).
+    """
+    z = aggregate(x) if start is None else start
+    for _ in range(steps):
+        z = z + aggregate(x - project(z))
+    return z
 
 
 def expect_shape(name: str, tensor: Tensor, shape: tuple[int, ...]) -> None:

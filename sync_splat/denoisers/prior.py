@@ -192,6 +192,7 @@ class GaussianTexturePrior:
         w: int,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
+        weights: Float[Tensor, " M"] | None = None,
     ) -> Float[Tensor, "N 3 h w"]:
         """Exact samples of x0 (denoiser space): a component per image from pi, then its Gaussian field.
 
@@ -200,13 +201,18 @@ class GaussianTexturePrior:
             h, w: their size in pixels.
             generator: the random source; samples are drawn on its device (the CPU without one).
             dtype: the returned dtype (computed in float64).
+            weights: how often to draw each component instead of pi (non-negative, not all zero): samples of the
+                prior conditioned on a given mix of components.
 
         Returns:
             x0, `[num, 3, h, w]`.
         """
         device = generator.device if generator is not None else torch.device("cpu")
         factors = self._spectral_factors(h, w, device)
-        chosen = torch.multinomial(self.weights.to(device), num, replacement=True, generator=generator)
+        weights = self.weights if weights is None else weights
+        if weights.shape != self.weights.shape or bool((weights < 0).any()) or not bool(weights.sum() > 0):
+            raise ValueError(f"weights must be {self.num_components} non-negative numbers, not all zero, got {weights}")
+        chosen = torch.multinomial(weights.to(device), num, replacement=True, generator=generator)
         white = torch.randn(num, 3, h, w, generator=generator, dtype=torch.float64, device=device)
         # The symmetric square root U diag(sqrt(lam)) U^T of Sigma(k) keeps the spectrum Hermitian: the field is real.
         eigvecs = factors.eigvecs[chosen]  # [num, h, w, 3, 3]

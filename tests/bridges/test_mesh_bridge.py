@@ -19,6 +19,7 @@ from sync_splat.bridges.mesh import MeshBridgeConfig, MeshTextureBridge
 from sync_splat.bridges.mesh_views import mesh_rig
 from sync_splat.codec import PixelCodec
 from sync_splat.denoisers.prior import GaussianTexturePrior, GaussianTexturePriorConfig
+from sync_splat.errors import InputError
 from sync_splat.sampler import SyncConfig, SyncSampler
 from sync_splat.scene.mesh import MeshAsset
 
@@ -88,20 +89,35 @@ def test_project_looks_the_texture_up_and_composites_the_background(sheet_bridge
     assert torch.allclose(constant[covered], torch.tensor(0.25)) and (constant[~covered] == 0).all()
 
 
-@pytest.mark.parametrize(("cos_power", "max_error"), [(1.0, 0.05), (24.0, 0.06)])
+@pytest.mark.parametrize(("cos_power", "max_error"), [(1.0, 0.04), (24.0, 0.06)])
 def test_bake_then_render_reproduces_the_covered_pixels(cos_power: float, max_error: float) -> None:
     """f(g(f(texture))) is f(texture) up to resampling. With the default cos^24 weights a texel follows the views
-    facing it, so fewer views average its resampling error away than with cos^1 (0.057 against 0.048 at most)."""
+    facing it, so fewer views average its resampling error away than with cos^1 (0.055 against 0.031 at most)."""
     bridge = dataclasses.replace(SMALL, cos_power=cos_power).setup(PixelCodec(), wavy_sheet())
     x = bridge.project(smooth_texture(64))
     again = bridge.project(bridge.unproject(x))
     covered = bridge.coverage().expand_as(x) == 1
     error = (again - x).abs()[covered]
     assert error.max() < max_error, error.max()
-    assert error.mean() < 0.01
-    # Resampling (splat, then bilinear lookup) smooths a little; a second round changes the views less.
-    twice = bridge.project(bridge.unproject(again))
-    assert (twice - again).abs()[covered].max() < error.max()
+    assert error.mean() < 0.007
+
+
+@pytest.mark.parametrize("cos_power", [1.0, 24.0])
+def test_back_projection_keeps_repeated_round_trips_near_the_views(cos_power: float) -> None:
+    """The sampler makes a round trip f(g(x)) at every synchronised step. Without back-projection each one blurs the
+    views a little more (six trips: mean error 0.0105 at cos^1, 0.0124 at cos^24); with one step they drift half
+    as far or less (0.0059, 0.0080)."""
+    drift = {}
+    for steps in (0, 1):
+        config = dataclasses.replace(SMALL, cos_power=cos_power, back_projection_steps=steps)
+        bridge = config.setup(PixelCodec(), wavy_sheet())
+        x = bridge.project(smooth_texture(64))
+        covered = bridge.coverage().expand_as(x) == 1
+        y = x
+        for _ in range(6):
+            y = bridge.project(bridge.unproject(y))
+        drift[steps] = float((y - x).abs()[covered].mean())
+    assert drift[1] < 0.7 * drift[0], drift
 
 
 def test_the_fill_leaves_no_texel_empty(sheet_bridge: MeshTextureBridge) -> None:
@@ -252,3 +268,22 @@ def test_the_prior_samples_a_texture_through_the_bridge() -> None:
     # the prior's std), falls outside.
     ratio = per_view_std(x) / prior_within_view_std(prior, bridge.instance_shape[-1])
     assert ((ratio > 0.2) & (ratio < 1.5)).all(), ratio
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"texture_size": 0},
+        {"azimuths": -1},
+        {"azimuths": 0, "upper_azimuths_deg": ()},
+        {"fov_deg": 0.0},
+        {"camera_distance": 1.0},
+        {"cos_power": math.inf},
+        {"texture_filter": "bicubic"},
+        {"visibility_tolerance": -1.0},
+        {"back_projection_steps": -1},
+    ],
+)
+def test_bad_settings_are_input_errors(field: dict) -> None:
+    with pytest.raises(InputError, match="MeshBridgeConfig"):
+        MeshBridgeConfig(**field)

@@ -25,7 +25,7 @@ from sync_splat.functional.equirect import (
     sample_equirect,
 )
 from sync_splat.sampler import SyncConfig, SyncSampler
-from sync_splat.studies.fidelity import lag_correlation, texel_shared_correlation
+from sync_splat.studies.fidelity import band_powers, lag_correlation, texel_shared_correlation
 
 FULL_SPHERE = PanoramaBridgeConfig(elevations_deg=(0.0, 45.0, -45.0), pole_views=True)
 
@@ -152,6 +152,21 @@ def test_unproject_after_project_reproduces_the_covered_panorama(config) -> None
     assert psnr(recovered[:, covered], z[:, covered]) >= 35.0
 
 
+def test_back_projection_keeps_a_views_finest_detail() -> None:
+    """One view of exact prior samples, carried into the panorama and rendered back: the weighted average blurs the
+    finest band (0.73 of its power kept), one back-projection step keeps 0.95 of it and two 0.99."""
+    prior = GaussianTexturePriorConfig(prompt="marble", native_size=16).setup()
+    x = prior.sample(8, 16, 16, torch.Generator().manual_seed(0))
+    mask = torch.ones(8, 1, 16, 16, dtype=torch.bool)
+    finest = {}
+    for steps in (0, 1, 2):
+        config = replace(PanoramaBridgeConfig(views_per_ring=1), back_projection_steps=steps)
+        panorama = bridge(config, height=None, view_size=16, texel_oversample=4)
+        fitted = torch.cat([panorama.project(panorama.unproject(view[None])) for view in x])
+        finest[steps] = float(band_powers(fitted, mask)[-1] / band_powers(x, mask)[-1])
+    assert finest[0] < 0.8 < 0.9 < finest[1] < finest[2] < 1.01, finest
+
+
 def test_pole_views_cover_every_texel() -> None:
     assert bool(bridge(FULL_SPHERE).texel_coverage().all())
     ring = bridge(PanoramaBridgeConfig()).texel_coverage()
@@ -164,11 +179,14 @@ def test_unseen_texels_are_filled_or_keep_the_warm_start() -> None:
     views = torch.full((8, 3, 13, 13), 0.5)
     torch.testing.assert_close(bridge(ring).unproject(views), torch.full((3, 32, 64), 0.5))
     previous = torch.full((3, 32, 64), -1.0)
-    unfilled = bridge(replace(ring, fill_uncovered=False))
-    z = unfilled.unproject(views, previous=previous)
-    seen = unfilled.texel_coverage()
+    average = bridge(replace(ring, fill_uncovered=False, back_projection_steps=0))
+    z = average.unproject(views, previous=previous)
+    seen = average.texel_coverage()
     torch.testing.assert_close(z[:, seen], torch.full_like(z[:, seen], 0.5))
     assert bool((z[:, ~seen] == -1.0).all())
+    # Back-projection corrects what the views see (f reads unseen texels at the coverage's edge) and leaves the rest.
+    corrected = bridge(replace(ring, fill_uncovered=False)).unproject(views, previous=previous)
+    assert bool((corrected[:, ~seen] == -1.0).all())
 
 
 @pytest.mark.parametrize("sampling", ["bilinear", "nearest"])
@@ -351,6 +369,7 @@ def test_cube_faces_export(tmp_path) -> None:
         {"weight_power": -1.0},
         {"border_feather": 2.0},
         {"noise_oversample": 0},
+        {"back_projection_steps": -1},
         {"seam_padding": -1},
     ],
 )

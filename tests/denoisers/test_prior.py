@@ -214,6 +214,18 @@ def test_mixture_log_likelihood_names_the_component_a_sample_came_from() -> None
             assert (prior.component_log_likelihood(x0).argmax(dim=1) == m).all(), (preset, m)
 
 
+def test_samples_follow_given_component_weights() -> None:
+    prior = GaussianTexturePrior.from_prompt("camouflage")
+    for m in range(prior.num_components):
+        weights = torch.zeros(prior.num_components)
+        weights[m] = 1.0
+        x0 = prior.sample(6, 16, 16, torch.Generator().manual_seed(m), weights=weights)
+        assert (prior.component_log_likelihood(x0).argmax(dim=1) == m).all(), m
+    for bad in (torch.zeros(3), torch.tensor([1.0, -0.5, 0.5]), torch.ones(2)):
+        with pytest.raises(ValueError, match="weights"):
+            prior.sample(2, 8, 8, weights=bad)
+
+
 @pytest.mark.parametrize(
     ("prompt", "preset"),
     [

@@ -1,7 +1,8 @@
 """Benchmark the mesh-texture bridge at the paper's sizes: seconds per sampling step of f and g.
 
 One synchronised step of SyncTweedies (case 2) costs, beside the denoiser, one aggregation g (`unproject`: the
-per-view sums, `unproject_sums`, then the division and the fill of unseen texels) and one projection f (`project`).
+per-view sums, `unproject_sums`, then the division and the fill of unseen texels, and as many times again plus one f
+per back-projection step, `--back-projection-steps`) and one projection f (`project`).
 This times them on random latents, without a denoiser: a 4 x 1536 x 1536 latent texture and 10 views of 96 x 96
 latents (768-pixel images, SD's factor 8), on the clutch-bag fixture (or a generated sphere when it is absent).
 The per-view sums are also timed on their own, so "of which" rows split g. The one-off geometry precomputation
@@ -56,6 +57,8 @@ class BenchMesh:
     """Timed steps (after one warm-up); the median is reported."""
     threads: int | None = None
     """torch CPU threads; None keeps torch's default."""
+    back_projection_steps: int = MeshBridgeConfig.back_projection_steps
+    """Back-projection steps of g (the bridge's default; 0: the plain weighted average)."""
     backend: Backend = "auto"
     """Mesh rasteriser."""
     device: str = "auto"
@@ -67,6 +70,10 @@ class BenchMesh:
         """Time the bridge, print the table and the RESULT line; returns the medians per phase and the setup."""
         if min(self.texture_size, self.view_size, self.downsample, self.channels, self.repeats) < 1:
             raise InputError("bench_mesh: the sizes, --channels and --repeats must be positive")
+        if self.back_projection_steps < 0:
+            raise InputError(
+                f"bench_mesh: --back-projection-steps must be non-negative, got {self.back_projection_steps}"
+            )
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         path = self.mesh or find_fixture("clutch_bag.obj")
@@ -74,8 +81,9 @@ class BenchMesh:
         mesh = MeshAsset.load(path) if path is not None else sphere_mesh(self.sphere_subdivisions)
         load_s = time.perf_counter() - start
         config = MeshBridgeConfig(
-            view_size=self.view_size, texture_size=self.texture_size, backend=self.backend, device=self.device
-        )
+            view_size=self.view_size, texture_size=self.texture_size, backend=self.backend, device=self.device,
+            back_projection_steps=self.back_projection_steps,
+        )  # fmt: skip
         start = time.perf_counter()
         # f and g read only the codec's shape: channels, downsampling and the view size.
         codec = PixelCodec(native_size=self.view_size, latent_channels=self.channels, downsample=self.downsample)
@@ -108,8 +116,9 @@ class BenchMesh:
 
         name = path.name if path is not None else "icosphere (generated)"
         print(f"mesh: {name}, {mesh.num_faces} faces; device: {device}, torch threads: {torch.get_num_threads()}")
-        print(f"texture {bridge.canonical_shape}, views {bridge.num_views} x {bridge.instance_shape}; medians of "
-              f"{self.repeats} steps after one warm-up")  # fmt: skip
+        print(f"texture {bridge.canonical_shape}, views {bridge.num_views} x {bridge.instance_shape}, "
+              f"{self.back_projection_steps} back-projection steps; medians of {self.repeats} steps after one "
+              "warm-up")  # fmt: skip
         print()
         print("| phase | seconds |")
         print("|---|---|")

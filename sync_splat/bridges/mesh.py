@@ -39,8 +39,9 @@ rasterisation, and with it both f and g, is a fixed linear map built once (`Text
 - Conditions: view-dependent prompt suffixes (", front view." for |azimuth| <= 30 degrees, ", back view." for
   |azimuth| >= 120, ", side view." otherwise; ", top view." / ", bottom view." when |elevation| > 30, as the
   official code) and normalised inverse depth per view at the views' image resolution (`functional.depth`).
-- Export: decode the views of z, bake an RGB texture from them with `bake_cos_power` and save the mesh, in its own
-  coordinates, as OBJ + MTL + PNG (or GLB when the path ends in .glb).
+- Export: decode the views of z, bake an RGB texture from them (g at the views' image resolution, with
+  `bake_cos_power` and the same back-projection) and save the mesh, in its own coordinates, as OBJ + MTL + PNG (or
+  GLB when the path ends in .glb).
 
 Meshes are rendered double-sided (render/mesh.py), unlike the official renderer's backface culling, so meshes with
 inconsistent winding show no holes; the cosine uses the face normal turned towards the camera.
@@ -269,10 +270,14 @@ class MeshTextureBridge:
         """g: the weighted average of the views per texel, refined by `back_projection_steps`; texels no view sees
         take the nearest seen texel's value (so `previous` is never needed)."""
         expect_shape("x", x, (self.num_views, *self.instance_shape))
-        views = self._views.on(x.device)
+        return self._aggregate(x, self._views.on(x.device))
+
+    def _aggregate(self, x: Float[Tensor, "N C h w"], views: _Views) -> Float[Tensor, "C Ht Wt"]:
+        """g over one set of views: their bake (weighted average, then the fill), refined by back-projection."""
+        bake = views.bake
         return back_project(
             x,
-            lambda y: views.bake.fill(*views.bake.sums(y)),
+            lambda y: bake.fill(*bake.sums(y)),
             lambda z: self._lookup(z, views, None),
             self.config.back_projection_steps,
         )
@@ -325,11 +330,10 @@ class MeshTextureBridge:
     # ---- RGB products -----------------------------------------------------------------------------------------
 
     def bake_rgb(self, rgb01: Float[Tensor, "N 3 H W"]) -> Float[Tensor, "3 Hr Wr"]:
-        """An RGB texture `rgb_texture_size` square from decoded views at image resolution, weights cos^bake_p."""
-        views = self._image()
+        """An RGB texture `rgb_texture_size` square from decoded views at image resolution: g with weights
+        cos^bake_p, refined by `back_projection_steps` like the sampler's, then clamped to [0, 1]."""
         expect_shape("rgb01", rgb01, (self.num_views, 3, self.image_size, self.image_size))
-        bake = views.bake.to(rgb01.device)
-        return bake.fill(*bake.sums(rgb01.float())).clamp(0, 1)
+        return self._aggregate(rgb01.float(), self._image().to(rgb01.device)).clamp(0, 1)
 
     def render_rgb(self, texture_rgb01: Float[Tensor, "3 Hr Wr"], background: float = 1.0) -> Float[Tensor, "N 3 H W"]:
         """The views at image resolution of an RGB texture over a grey level (previews of the exported mesh)."""

@@ -120,6 +120,21 @@ def test_back_projection_keeps_repeated_round_trips_near_the_views(cos_power: fl
     assert drift[1] < 0.7 * drift[0], drift
 
 
+def test_the_rgb_bake_back_projects_too() -> None:
+    """The exported texture is g at the image size: with back-projection its renders are closer to the views it was
+    baked from (a detailed texture: mean error 0.049 -> 0.040)."""
+    prior = GaussianTexturePriorConfig(prompt="marble", native_size=64).setup()
+    texture = prior.decode(prior.sample(1, 64, 64, torch.Generator().manual_seed(0)))[0]
+    error = {}
+    for steps in (0, 1):
+        bridge = replace(SMALL, back_projection_steps=steps).setup(PixelCodec(), wavy_sheet())
+        views = bridge.render_rgb(texture)
+        again = bridge.render_rgb(bridge.bake_rgb(views))
+        covered = bridge.render_rgb(torch.zeros_like(texture), background=1.0) == 0  # the mesh's pixels
+        error[steps] = float((again - views).abs()[covered].mean())
+    assert error[1] < 0.85 * error[0], error
+
+
 def test_the_fill_leaves_no_texel_empty(sheet_bridge: MeshTextureBridge) -> None:
     x = torch.full((10, 3, 32, 32), -0.6)
     z = sheet_bridge.unproject(x)

@@ -144,6 +144,12 @@ def rasterize_uv(
 # Backends: each returns (face_id [N, H, W], perspective-correct barycentrics [N, H, W, 3]).
 
 
+def face_area_vectors(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) -> Float[Tensor, "F 3"]:
+    """Each triangle's normal (by its winding) times twice its area: the cross product of its edges from corner 0."""
+    triangle = vertices[faces]
+    return torch.linalg.cross(triangle[:, 1] - triangle[:, 0], triangle[:, 2] - triangle[:, 0])
+
+
 def _choose_backend(backend: Backend, device: torch.device) -> Literal["torch", "nvdiffrast"]:
     if backend == "torch":
         return "torch"
@@ -321,10 +327,7 @@ def _attributes(
     position = (vertices[corners] * bary[..., None]).sum(-2)
     view = torch.arange(camera.shape[0], device=camera.device)[:, None, None, None]
     depth = (camera[view, corners, 2] * bary).sum(-1)
-    triangle = vertices[faces]
-    face_normal = F.normalize(
-        torch.linalg.cross(triangle[:, 1] - triangle[:, 0], triangle[:, 2] - triangle[:, 0]), dim=-1
-    )
+    face_normal = F.normalize(face_area_vectors(vertices, faces), dim=-1)
     normal = face_normal[index]
     centre = torch.linalg.inv(viewmats)[:, :3, 3][:, None, None, :]
     facing = ((centre - position) * normal).sum(-1, keepdim=True)

@@ -39,6 +39,7 @@ from jaxtyping import Float, Int64
 from torch import Tensor
 
 from sync_splat.errors import InputError
+from sync_splat.render.mesh import face_area_vectors
 from sync_splat.scene.files import atomic_output
 from sync_splat.scene.images import encode_png, to_uint8
 from sync_splat.scene.uv_layout import uv_problem, xatlas_uvs
@@ -266,7 +267,7 @@ def _checked_geometry(vertices: np.ndarray | Tensor, faces: np.ndarray | Tensor,
         raise InputError(
             f"{where}: every vertex sits at one point (in single precision): the mesh has no surface to texture"
         )
-    if float(_face_areas(unit_size(vertices_t), faces_t).max()) <= _ZERO_AREA:
+    if float(face_area_vectors(unit_size(vertices_t), faces_t).norm(dim=-1).max()) / 2 <= _ZERO_AREA:
         raise InputError(
             f"{where}: every triangle has zero area (its vertices are repeated or on one line): the mesh has no "
             "surface to texture; repair or re-export it"
@@ -286,11 +287,6 @@ def unit_size(vertices: Float[Tensor, "V 3"]) -> Float[Tensor, "V 3"]:
     return centred / extent if extent > 0 else centred
 
 
-def _face_areas(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) -> Float[Tensor, " F"]:
-    triangle = vertices[faces]
-    return 0.5 * torch.linalg.cross(triangle[:, 1] - triangle[:, 0], triangle[:, 2] - triangle[:, 0]).norm(dim=-1)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Normals.
 
@@ -300,8 +296,7 @@ def vertex_normals(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) 
     positions, merged = torch.unique(vertices, dim=0, return_inverse=True)
     corners = merged[faces]
     unit = unit_size(positions)  # float64 at unit size: no overflow or underflow in the products below
-    triangle = unit[corners]
-    face_normal = torch.linalg.cross(triangle[:, 1] - triangle[:, 0], triangle[:, 2] - triangle[:, 0])  # 2 x area
+    face_normal = face_area_vectors(unit, corners)  # weighted by area
     summed = torch.zeros_like(unit).index_add_(0, corners.reshape(-1), face_normal.repeat_interleave(3, dim=0))
     normal = torch.nn.functional.normalize(summed, dim=-1)
     return normal[merged].to(vertices.dtype)

@@ -21,7 +21,7 @@ from jaxtyping import Float, Int64
 from torch import Tensor
 
 from sync_splat.errors import InputError
-from sync_splat.render.mesh import rasterize_uv
+from sync_splat.render.mesh import face_area_vectors, rasterize_uv
 
 MAX_UV_OVERLAP = 0.10
 """UV triangles may cover at most this fraction more area than their union (seams, slivers) before they count as
@@ -101,5 +101,5 @@ def _triangle_heights(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"
     """Each triangle's smallest height: twice its area over its longest edge (0 for a triangle at one point)."""
     triangle = vertices[faces]
     longest = (triangle - triangle.roll(1, dims=1)).norm(dim=-1).amax(dim=1)
-    twice_area = torch.linalg.cross(triangle[:, 1] - triangle[:, 0], triangle[:, 2] - triangle[:, 0]).norm(dim=-1)
+    twice_area = face_area_vectors(vertices, faces).norm(dim=-1)
     return torch.where(longest > 0, twice_area / longest, longest)

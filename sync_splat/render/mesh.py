@@ -140,14 +140,14 @@ def rasterize_uv(
     return face_id, _screen_barycentrics(xy, face_id)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Backends: each returns (face_id [N, H, W], perspective-correct barycentrics [N, H, W, 3]).
-
-
 def face_area_vectors(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) -> Float[Tensor, "F 3"]:
     """Each triangle's normal (by its winding) times twice its area: the cross product of its edges from corner 0."""
     triangle = vertices[faces]
     return torch.linalg.cross(triangle[:, 1] - triangle[:, 0], triangle[:, 2] - triangle[:, 0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backends: each returns (face_id [N, H, W], perspective-correct barycentrics [N, H, W, 3]).
 
 
 def _choose_backend(backend: Backend, device: torch.device) -> Literal["torch", "nvdiffrast"]:

@@ -6,8 +6,9 @@
   linear and every case runs.
 - f (`project`) renders z over a background; g (`unproject`) is the damped least-squares colour fit of
   `sync_splat.bridges.splat_fit`, where its derivation and settings are explained. Each pixel counts in the fit by how
-  squarely its view sees the surface (`cos_power`): `cos^p` of the angle between the view ray and the shortest axis of
-  each Gaussian it shows, so a Gaussian takes its colour from the views that face it.
+  finely its view sees the surface (`cos_power`): the view's pixels per unit of the surface of each Gaussian it shows
+  (`fx fy cos / distance^2`, cos of the angle between the view ray and the Gaussian's shortest axis) relative to the
+  Gaussian's best view, to the power p, so a Gaussian takes its colour from the views that face it from close by.
 - Memory: before building anything the bridge predicts the fit's bytes from a few sampled views and chooses how the
   weights are held (`storage`, `memory_budget_gb`; `sync_splat.bridges.splat_memory`): `memory_plan.summary()` says
   it in one line.
@@ -63,7 +64,7 @@ SplatNoise = Literal["integral", "sqrt_weights"]
 
 MIN_EVIDENCE = 1e-3
 """The least weight of a Gaussian's evidence in the fit (`SplatBridgeConfig.cos_power`): views that see a Gaussian at
-a slant still count a little, so one whose squarest camera does not see it (it is hidden there) still takes its
+a slant or from afar still count a little, so one whose best camera does not see it (it is hidden there) still takes its
 colour from the views that do."""
 
 _LOG = logging.getLogger(__name__)
@@ -94,9 +95,10 @@ class SplatBridgeConfig:
     max_iterations: int = 50
     """At most this many conjugate-gradient iterations per fit (0: the closed form, or the warm start, alone)."""
     cos_power: float = 24.0
-    """Exponent p of a pixel's weight in the fit: the alpha-weighted mean over the Gaussians it shows of cos^p of the
-    angle between the view ray and the Gaussian's shortest axis (at least `MIN_EVIDENCE`). 0: every pixel counts the
-    same (the official fit); 24 keeps more of the views' contrast (docs/fidelity.md)."""
+    """Exponent p of a pixel's weight in the fit: the alpha-weighted mean over the Gaussians it shows of (footprint /
+    the Gaussian's best footprint)^p, at least `MIN_EVIDENCE`; a footprint is the view's pixels per unit of the
+    Gaussian's surface, fx fy cos / distance^2, cos of the angle between the view ray and the Gaussian's shortest axis.
+    0: every pixel counts the same (the official fit); 24 keeps more of the views' contrast (docs/fidelity.md)."""
     min_gain_db: float = 0.05
     """Conjugate gradient also stops after an iteration that improved the fit (its squared error over all views) by
     less than this many decibels (0: never): what ends the fit of views that disagree, as the sampler's do."""
@@ -232,7 +234,7 @@ class GaussianSplatBridge:
         self._systems: dict[tuple[int, int], SplatLinearSystem] = {}
         self._last_decode: tuple[Tensor, int, Tensor] | None = None
         self._normals: Tensor | None = None
-        self._best_cosines: Tensor | None = None
+        self._best_footprints: Tensor | None = None
         self._rig = cameras.to(self.device, self.dtype)  # every process's views, for the fit's pixel weights
         self.memory_plan = self._plan_memory()
         _LOG.info(self.memory_plan.summary())
@@ -292,39 +294,45 @@ class GaussianSplatBridge:
         return self._systems[size]
 
     def _evidence(self, view: Tensor, gaussian: Tensor) -> Tensor:
-        """How squarely held view `view` sees Gaussian `gaussian`'s surface, elementwise (`splat_weights.Evidence`):
-        `(cos / best)^p`, cos of the angle between the ray from the Gaussian to the camera and the Gaussian's shortest
-        axis, best the largest over the rig's cameras whose frame holds the Gaussian's centre (so every Gaussian's
-        squarest view counts fully, and the damping keeps its meaning), at least `MIN_EVIDENCE`."""
-        if self._best_cosines is None:
-            self._best_cosines = self._squarest_views()
-        cosine = self._cosines(self.cameras.c2w[view, :3, 3], gaussian)
-        relative = (cosine / self._best_cosines[gaussian]).clamp(max=1.0)
+        """How well held view `view` sees Gaussian `gaussian`'s surface, elementwise (`splat_weights.Evidence`):
+        `(footprint / best)^p`, footprint the view's pixels per unit of the surface (`_footprints`), best the largest
+        over the rig's cameras whose frame holds the Gaussian's centre (so every Gaussian's best view counts fully,
+        and the damping keeps its meaning), at least `MIN_EVIDENCE`."""
+        if self._best_footprints is None:
+            self._best_footprints = self._best_views()
+        cameras = self.cameras
+        footprint = self._footprints(cameras.c2w[view, :3, 3], cameras.Ks[view], gaussian)
+        relative = (footprint / self._best_footprints[gaussian]).clamp(max=1.0)
         return relative.pow(self.config.cos_power).clamp_min(MIN_EVIDENCE)
 
-    def _cosines(self, centres: Float[Tensor, "E 3"], gaussian: Tensor) -> Float[Tensor, " E"]:
-        """|cos| of the angle between the ray from each Gaussian to its camera centre and the Gaussian's shortest
-        axis."""
+    def _footprints(self, centres: Float[Tensor, "E 3"], Ks: Float[Tensor, "E 3 3"], gaussian: Tensor) -> Tensor:
+        """Pixels per unit of each Gaussian's surface in each camera: `fx fy |cos| / distance^2`, with cos of the angle
+        between the ray from the Gaussian to the camera centre and the Gaussian's shortest axis (the surface normal
+        of a flat Gaussian). A view that sees the surface squarely, from close by, or at a finer resolution sees its
+        detail best."""
         if self._normals is None:
             axes = quat_to_rotmat(self.scene.quats_wxyz)  # columns: the Gaussian's axes
             shortest = self.scene.log_scales.argmin(dim=1)
             self._normals = axes[torch.arange(len(shortest), device=self.device), :, shortest]
         rays = centres - self.scene.means[gaussian]
-        return (rays * self._normals[gaussian]).sum(dim=-1).abs() / rays.norm(dim=-1).clamp_min(1e-12)
+        squared = rays.square().sum(dim=-1).clamp_min(1e-24)
+        cosine = (rays * self._normals[gaussian]).sum(dim=-1).abs() / squared.sqrt()
+        return Ks[..., 0, 0] * Ks[..., 1, 1] * cosine / squared
 
-    def _squarest_views(self) -> Float[Tensor, " G"]:
-        """Each Gaussian's largest `_cosines` over the rig's cameras (every process's, so all agree) whose frame holds
-        its centre; over every camera for a Gaussian that no frame holds."""
+    def _best_views(self) -> Float[Tensor, " G"]:
+        """Each Gaussian's largest `_footprints` over the rig's cameras (every process's, so all agree) whose frame
+        holds its centre; over every camera for a Gaussian that no frame holds."""
         rig, means = self._rig, self.scene.means
         every = torch.arange(self.scene.num_gaussians, device=self.device)
         framed = torch.zeros(len(every), dtype=self.dtype, device=self.device)
         anywhere = torch.zeros_like(framed)
         for view in range(len(rig)):
-            cosine = self._cosines(rig.c2w[view, :3, 3].expand(len(every), 3), every)
+            centre, Ks = rig.c2w[view, :3, 3].expand(len(every), 3), rig.Ks[view].expand(len(every), 3, 3)
+            footprint = self._footprints(centre, Ks, every)
             _, _, _, inside = rig.project(means, view)
-            framed = torch.maximum(framed, torch.where(inside, cosine, 0.0))
-            anywhere = torch.maximum(anywhere, cosine)
-        return torch.where(framed > 0, framed, anywhere).clamp_min(1e-12)
+            framed = torch.maximum(framed, torch.where(inside, footprint, 0.0))
+            anywhere = torch.maximum(anywhere, footprint)
+        return torch.where(framed > 0, framed, anywhere).clamp_min(torch.finfo(self.dtype).tiny)
 
     def _background_rgb01(self) -> Float[Tensor, "1 3 1 1"]:
         return torch.tensor(self.config.background_rgb01, dtype=self.dtype, device=self.device).view(1, 3, 1, 1)

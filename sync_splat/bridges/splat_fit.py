@@ -19,7 +19,7 @@ Pixels may count unequally (`evidence`): with a weight `d_p > 0` per pixel the f
 `sum_v ||D_v^(1/2) (W_v c - y_v)||^2`, which is the problem above for the weights `D^(1/2) W` and the content
 `D^(1/2) y`. The solver's copy of the weights is stored (or, matrix-free, applied) scaled that way, so A, b, the row
 sums and the closed form below are all the weighted ones. A pixel's weight is the alpha-weighted mean of a weight per
-Gaussian and view, `d = W_v e_v / alpha_v`: the bridge's is how squarely the view sees the Gaussian's surface.
+Gaussian and view, `d = W_v e_v / alpha_v`: the bridge's is how finely the view sees the Gaussian's surface.
 
 - `c_ref = b / (A 1)`, the closed form: one back-projection, the splat colour average re-weighted by coverage. It is
   exact where a pixel's Gaussians share one colour, not where different colours overlap; it starts the solver when

@@ -2,7 +2,8 @@
 (`sync_splat.bridges.splat_fit`, whose module docstring derives the weighted problem).
 
 A pixel's weight is the alpha-weighted mean over the Gaussians it shows of a weight per Gaussian and view (the
-`Evidence`); the splat bridge's is how squarely the view sees the Gaussian's surface (`SplatBridgeConfig.cos_power`).
+`Evidence`); the splat bridge's is how finely the view sees the Gaussian's surface, in pixels per unit of it
+(`SplatBridgeConfig.cos_power`).
 The fit uses their square roots, which scale the rows of the solver's weights and of the content.
 """
 

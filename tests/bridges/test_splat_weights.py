@@ -1,7 +1,10 @@
 """The splat fit's pixel weights: a weighted least-squares problem, solved alike by every storage, and the bridge's
-weights (how squarely a view sees each Gaussian) let a Gaussian take its colour from the view that faces it."""
+weights (how finely a view sees each Gaussian: squarely, from close by) let a Gaussian take its colour from the view
+that sees it best."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -128,6 +131,34 @@ def test_a_gaussian_takes_its_colour_from_the_view_that_faces_it(cos_power: floa
     else:
         assert blue_share < 0.02
         assert colours[:, 0].mean() > 0.98
+
+
+def top_camera(radius: float, fov_deg: float) -> Cameras:
+    """One view straight down at the ground, from `radius / sin(fov / 2)` above it, 32 x 32 pixels."""
+    return Cameras.orbit_rig((0.0, 0.0, 0.0), radius, num_azimuths=0, elevations_deg=(), top_views=1,
+                             fov_deg=fov_deg, size=(32, 32))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sharp", "coarse"),
+    [
+        (top_camera(1.5, 60.0), top_camera(3.0, 60.0)),
+        (top_camera(1.5, 2 * math.degrees(math.asin(0.25))), top_camera(3.0, 60.0)),
+    ],
+    ids=["closer", "zoomed_in"],
+)
+def test_a_gaussian_takes_its_colour_from_the_view_that_sees_it_finest(sharp: Cameras, coarse: Cameras) -> None:
+    """Two views see the ground equally squarely; the one that spends more pixels on it (from 3 instead of 6 units
+    away, or from as far with a 2x longer focal length) says red, the other blue. Counted alike, the colours are a
+    blend (0.18 to 0.21 blue); weighted by the views' pixels per unit of surface, they are the sharp view's."""
+    prior = GaussianTexturePrior.from_prompt("marble", native_size=32)
+    cameras = Cameras(torch.cat([sharp.c2w, coarse.c2w]), torch.cat([sharp.Ks, coarse.Ks]), 32, 32)
+    red, blue = torch.tensor([1.0, -1.0, -1.0]), torch.tensor([-1.0, -1.0, 1.0])  # the prior's [-1, 1]
+    views = torch.stack([red.view(3, 1, 1).expand(3, 32, 32), blue.view(3, 1, 1).expand(3, 32, 32)])
+    blended = SplatBridgeConfig(cos_power=0.0).setup(prior, flat_ground(), cameras).unproject(views)
+    weighted = SplatBridgeConfig().setup(prior, flat_ground(), cameras).unproject(views)
+    assert blended[:, 2].mean() > 0.1
+    assert weighted[:, 2].max() < 0.01 and weighted[:, 0].min() > 0.99
 
 
 def test_pixel_weights_from_renders_equal_those_from_the_weights() -> None:

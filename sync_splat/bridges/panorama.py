@@ -50,8 +50,9 @@ the reference view of ring attention), then the top and bottom views.
 - Export: the RGB equirect PNG, written atomically. `export_decode` chooses how z becomes RGB: "panorama" decodes z
   itself, with the seam padded by wrapped columns so the codec sees it continuous (exact for pixel priors); "views"
   decodes every view `f(z)` at the model's native size and averages the RGB views into the panorama with the same
-  weights as g (the paper's final output; better for SD, whose VAE decodes the equirect's stretched polar rows
-  poorly and would attend over the whole latent panorama at once). `export_cube_faces` writes six cube-map PNGs.
+  weights and back-projection as g (the paper's final output; better for SD, whose VAE decodes the equirect's
+  stretched polar rows poorly and would attend over the whole latent panorama at once). `export_cube_faces` writes
+  six cube-map PNGs.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class PanoramaBridgeConfig:
     """Refinements of g's weighted average: each adds g of what the views still differ from the panorama's renders
     (`z += g(x - f(z))`), so the round trip f(g(x)) that the sampler makes at every synchronised step does not blur
     the views' detail away (one step: the exact prior's finest band 0.32 -> 0.45 of its power, one view alone 0.75 ->
-    0.95; docs/fidelity.md). 0 is the weighted average (the paper)."""
+    0.95; docs/fidelity.md). The export by views makes the same correction in RGB. 0 is the weighted average (the
+    paper)."""
     fill_uncovered: bool = True
     """Give texels no view sees the nearest seen texel's value (wrapping at the seam); off: the warm start or 0."""
     noise_oversample: int | None = None
@@ -435,20 +437,32 @@ class PanoramaBridge:
         return rgb[..., crop : rgb.shape[-1] - crop]
 
     def _rgb_from_views(self, z: Float[Tensor, "C Ht Wt"]) -> Float[Tensor, "3 H W"]:
-        """Decode every view f(z) and average them into an RGB panorama with g's weights, at the decoded views' angular
-        resolution (rows 180 * size / fov_deg: what the views hold, however dense the latent panorama is)."""
+        """Decode every view f(z) and average them into an RGB panorama with g's weights and back-projection, at the
+        decoded views' angular resolution (rows 180 * size / fov_deg: what the views hold, however dense the latent
+        panorama is). Each view's projection is recomputed per pass rather than kept (SD's 24 views of 512 pixels
+        would hold about 2 GB of them)."""
         rgb_views = self.codec.decode(self.project(z))
         size = rgb_views.shape[-1]
         height = max(2, round(180.0 * size / self.config.fov_deg))
         directions = equirect_directions(height, dtype=torch.float64, device=z.device)
-        num = rgb_views.new_zeros((rgb_views.shape[1], height, 2 * height))
-        den = rgb_views.new_zeros((1, height, 2 * height))
-        for view, axes in zip(rgb_views, self.axes.to(z.device), strict=True):
-            projection = project_to_view(directions, axes, self.config.fov_deg, size, size)
-            weight = self._weights(projection, size).to(num.dtype)[None]
-            num += sample_views(view[None], projection.pixels[None], self.config.sampling)[0] * weight
-            den += weight
-        return fill_nearest(divide_sums(num, den), den[0] > 0, wrap_x=True)
+        axes = self.axes.to(z.device)
+        sampling = self.config.sampling
+
+        def average(views: Tensor) -> Tensor:
+            num = views.new_zeros((views.shape[1], height, 2 * height))
+            den = views.new_zeros((1, height, 2 * height))
+            for view, frame in zip(views, axes, strict=True):
+                projection = project_to_view(directions, frame, self.config.fov_deg, size, size)
+                weight = self._weights(projection, size).to(num.dtype)[None]
+                num += sample_views(view[None], projection.pixels[None], sampling)[0] * weight
+                den += weight
+            return fill_nearest(divide_sums(num, den), den[0] > 0, wrap_x=True)
+
+        def render(panorama: Tensor) -> Tensor:
+            rays = perspective_rays(axes, self.config.fov_deg, size, size)
+            return sample_equirect(panorama, rays, sampling).transpose(0, 1)
+
+        return back_project(rgb_views, average, render, self.config.back_projection_steps)
 
     def export(self, z: Float[Tensor, "C Ht Wt"], path: Path) -> Path:
         """Decode the panorama and write it as one equirectangular PNG, atomically."""

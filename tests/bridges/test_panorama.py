@@ -332,6 +332,20 @@ def test_export_by_views_matches_the_panorama_for_pixel_codecs() -> None:
     assert psnr(by_views, direct, peak=1.0) >= 35.0
 
 
+def test_the_export_by_views_back_projects_too() -> None:
+    """The decoded-views export is g in RGB at the views' resolution: with back-projection the exported panorama,
+    seen again through the views, is closer to what they showed (a detailed panorama: 27.6 dB -> 31.1)."""
+    prior = GaussianTexturePriorConfig(prompt="marble", native_size=64).setup()
+    z = prior.sample(1, 40, 80, torch.Generator().manual_seed(0))[0]
+    agreement = {}
+    for steps in (0, 1):
+        panorama = bridge(replace(FULL_SPHERE, export_decode="views", back_projection_steps=steps), height=40)
+        views = prior.decode(panorama.project(z))
+        seen_again = sample_equirect(panorama.rgb_panorama(z), panorama.view_rays()).transpose(0, 1)
+        agreement[steps] = psnr(seen_again, views, peak=1.0)
+    assert agreement[1] > agreement[0] + 2.0, agreement
+
+
 def test_seam_padding_gives_the_codec_a_continuous_panorama() -> None:
     """A codec with a receptive field (a horizontal blur with zero padding, like a VAE's convolutions) sees wrapped
     columns at the seam, so the decoded edges come out as they would anywhere else."""

@@ -48,7 +48,9 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) ->
 
 def look(url: str, until: Callable[[np.ndarray, str], bool] = lambda image, dom: True) -> tuple[np.ndarray, str]:
     """What headless Chromium shows of `url`: a screenshot `[H, W, 3]` uint8 and the page's DOM as HTML, taken in
-    one load and retaken with more virtual time until `until(image, dom)` holds (the last look if it never does)."""
+    one load and retaken with more virtual time until `until(image, dom)` holds (the last look if it never does).
+    Each look starts from a fresh profile, so a look that went wrong (a blank page, seen in loaded suite runs) leaves
+    nothing behind for the next."""
     assert CHROMIUM is not None, "needs_browser skips the tests that look at pages without Chromium"
     with tempfile.TemporaryDirectory() as folder:
         shot = Path(folder) / "shot.png"
@@ -57,7 +59,7 @@ def look(url: str, until: Callable[[np.ndarray, str], bool] = lambda image, dom:
             loaded = subprocess.run(
                 [
                     CHROMIUM, "--headless", "--no-sandbox", "--hide-scrollbars", "--use-gl=angle",
-                    "--use-angle=swiftshader", "--enable-unsafe-swiftshader", f"--user-data-dir={folder}/profile",
+                    "--use-angle=swiftshader", "--enable-unsafe-swiftshader", f"--user-data-dir={folder}/{budget}",
                     f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--virtual-time-budget={budget}",
                     f"--screenshot={shot}", "--dump-dom", url,
                 ],

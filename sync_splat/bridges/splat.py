@@ -176,6 +176,11 @@ class SplatBridgeConfig:
         return GaussianSplatBridge(codec, scene, cameras, self, shard)
 
 
+def _focal_areas(cameras: Cameras) -> Float[Tensor, " N"]:
+    """fx fy of every camera: its pixels per unit of solid angle on its optical axis."""
+    return cameras.Ks[:, 0, 0] * cameras.Ks[:, 1, 1]
+
+
 class GaussianSplatBridge:
     """Per-Gaussian colours (or latent features) of a frozen splat scene, seen through N cameras.
 
@@ -301,15 +306,15 @@ class GaussianSplatBridge:
         if self._best_footprints is None:
             self._best_footprints = self._best_views()
         cameras = self.cameras
-        footprint = self._footprints(cameras.c2w[view, :3, 3], cameras.Ks[view], gaussian)
+        footprint = self._footprints(cameras.c2w[view, :3, 3], _focal_areas(cameras)[view], gaussian)
         relative = (footprint / self._best_footprints[gaussian]).clamp(max=1.0)
         return relative.pow(self.config.cos_power).clamp_min(MIN_EVIDENCE)
 
-    def _footprints(self, centres: Float[Tensor, "E 3"], Ks: Float[Tensor, "E 3 3"], gaussian: Tensor) -> Tensor:
-        """Pixels per unit of each Gaussian's surface in each camera: `fx fy |cos| / distance^2`, with cos of the angle
-        between the ray from the Gaussian to the camera centre and the Gaussian's shortest axis (the surface normal
-        of a flat Gaussian). A view that sees the surface squarely, from close by, or at a finer resolution sees its
-        detail best."""
+    def _footprints(self, centres: Float[Tensor, "E 3"], focal_areas: Float[Tensor, " E"], gaussian: Tensor) -> Tensor:
+        """Pixels per unit of each Gaussian's surface in each camera: `fx fy |cos| / distance^2` (`focal_areas` is
+        fx fy), with cos of the angle between the ray from the Gaussian to the camera centre and the Gaussian's
+        shortest axis (the surface normal of a flat Gaussian). A view that sees the surface squarely, from close by,
+        or at a finer resolution sees its detail best."""
         if self._normals is None:
             axes = quat_to_rotmat(self.scene.quats_wxyz)  # columns: the Gaussian's axes
             shortest = self.scene.log_scales.argmin(dim=1)
@@ -317,7 +322,7 @@ class GaussianSplatBridge:
         rays = centres - self.scene.means[gaussian]
         squared = rays.square().sum(dim=-1).clamp_min(1e-24)
         cosine = (rays * self._normals[gaussian]).sum(dim=-1).abs() / squared.sqrt()
-        return Ks[..., 0, 0] * Ks[..., 1, 1] * cosine / squared
+        return focal_areas * cosine / squared
 
     def _best_views(self) -> Float[Tensor, " G"]:
         """Each Gaussian's largest `_footprints` over the rig's cameras (every process's, so all agree) whose frame
@@ -326,9 +331,10 @@ class GaussianSplatBridge:
         every = torch.arange(self.scene.num_gaussians, device=self.device)
         framed = torch.zeros(len(every), dtype=self.dtype, device=self.device)
         anywhere = torch.zeros_like(framed)
+        focal_areas = _focal_areas(rig)
         for view in range(len(rig)):
-            centre, Ks = rig.c2w[view, :3, 3].expand(len(every), 3), rig.Ks[view].expand(len(every), 3, 3)
-            footprint = self._footprints(centre, Ks, every)
+            centre, focal_area = rig.c2w[view, :3, 3].expand(len(every), 3), focal_areas[view].expand(len(every))
+            footprint = self._footprints(centre, focal_area, every)
             _, _, _, inside = rig.project(means, view)
             framed = torch.maximum(framed, torch.where(inside, footprint, 0.0))
             anywhere = torch.maximum(anywhere, footprint)

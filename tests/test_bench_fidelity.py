@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sync_splat.bridges.mesh import MeshBridgeConfig
+from sync_splat.bridges.panorama import PanoramaBridgeConfig
 from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.functional.diffusion import NoiseSchedule
 from sync_splat.sampler import SyncConfig, SyncSampler
@@ -172,3 +174,43 @@ def test_unknown_bridges_are_one_line(capsys: pytest.CaptureFixture[str]) -> Non
         bench.entrypoint(["--bridges", "wide-control", "--control-stride", "0"])
     assert stop.value.code == 2
     assert "--control-stride must be in 1..--size (64), got 0" in capsys.readouterr().err
+
+
+def test_mixtures_are_compared_with_prior_samples_of_the_delivered_components(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A few seeds are a few draws of a mixture's components: the reference statistics are drawn with the delivered
+    views' component fractions (the held-out views' with theirs), and single-component presets with the prior's own."""
+    bench = load_bench()
+    settings = bench.FidelityBench(seeds=1, steps=2, size=16, prior_samples=4)
+    drawn = []
+    sample = GaussianTexturePrior.sample
+
+    def recording(prior, num, h, w, generator=None, dtype=torch.float32, weights=None):  # noqa: ANN001, ANN202
+        if num == settings.prior_samples:
+            drawn.append(weights)
+        return sample(prior, num, h, w, generator, dtype, weights)
+
+    monkeypatch.setattr(GaussianTexturePrior, "sample", recording)
+    mixture = settings.prior("camouflage")
+    row = settings.measure(mixture, "camouflage", "wide-control", "default")
+    assert len(drawn) == 2 and all(weights is not None for weights in drawn)
+    assert all(float(weights.sum()) == pytest.approx(1.0) for weights in drawn)
+    assert row.mix == pytest.approx(float((drawn[0] - mixture.weights.double()).abs().max()))
+    drawn.clear()
+    settings.measure(settings.prior("marble"), "marble", "wide-control", "default")
+    assert drawn == [None, None]
+
+
+def test_back_projection_steps_reach_the_mesh_and_the_panorama(shared_fixture) -> None:  # noqa: ANN001
+    bench = load_bench()
+    shared_fixture("clutch_bag.obj")
+    for steps in (None, 0, 2):
+        settings = bench.FidelityBench(size=16, back_projection_steps=steps)
+        prior = settings.prior("marble")
+        defaults = {"mesh-clutch": MeshBridgeConfig(), "panorama-text": PanoramaBridgeConfig()}
+        for name, default in defaults.items():
+            expected = default.back_projection_steps if steps is None else steps
+            setting = settings.setting(prior, name, "default")
+            assert setting.instance.config.back_projection_steps == expected
+            assert setting.held_out.config.back_projection_steps == expected

@@ -7,10 +7,10 @@ Gaussian splats, mesh textures and panoramas all meet it through this protocol.
 `unproject` is written as per-view sums (`unproject_sums` returns a numerator and a denominator accumulated over
 views), so views can be split across processes and combined with all-reduces. Bridges whose `g` is an iterative fit
 (Gaussian splats) accept the previous answer as a warm start; meshes and panoramas refine their average by
-back-projection (`plumbing.back_project`), each step one more sum over views of what they still differ from z. A bridge whose views are split across processes (the
-splat bridge; `sync_splat.distributed`) has a `shard` attribute saying which it holds: its `num_views`, `project`,
-`coverage`, `conditions` and the `x_T` of `initial_noise` are of those views, and `unproject` returns the whole z on
-every process.
+back-projection (`plumbing.back_project`), each step one more sum over views of what they still differ from z. A
+bridge whose views are split across processes (the splat bridge; `sync_splat.distributed`) has a `shard` attribute
+saying which it holds: its `num_views`, `project`, `coverage`, `conditions` and the `x_T` of `initial_noise` are of
+those views, and `unproject` returns the whole z on every process.
 
 Dimension letters (docs/conventions.md): N views, C channels, h w instance pixels; the canonical shape is the
 bridge's own (`[C, H, W]` for images, `[G, C]` for splat colours, `[C, Ht, Wt]` for textures and panoramas).

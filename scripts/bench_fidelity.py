@@ -23,7 +23,10 @@ sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, 
   meshes, panoramas and the control at the texels both views see ("-": no two views overlap);
 - one-view b3, b4: for the product bridges, the two finest band ratios of exact prior samples fitted through one view
   at a time and rendered back (nothing averaged): how much detail the Gaussians, the texture or the panorama can
-  hold at all at this view size.
+  hold at all at this view size;
+- independent: the contrast g keeps of views that disagree completely (exact prior samples drawn independently for
+  every view, carried through g and rendered back; 1 where nothing is averaged): what averaging costs where views
+  start apart.
 
 Each ratio r counts as max(r, 1/r). The last line is
 `RESULT worst_std_ratio=<x> worst_band_ratio=<x> heldout_worst_std_ratio=<x> noise_lag1=<x> noise_shared=<x>` over
@@ -103,6 +106,7 @@ class Row:
     lag1: float
     shared: float | None
     one_view: tuple[float, ...] | None = None
+    independent: float = math.nan
 
     def worst_band(self, held_out: bool = False) -> float:
         return max(symmetric(r) for r in (self.held_out_bands if held_out else self.bands))
@@ -324,7 +328,23 @@ class FidelityBench:
             shared = texel_shared_correlation(torch.stack(starts), bridge)
         if setting.one_view is not None and one_view is None:
             one_view = self.one_view_ratios(prior, setting.one_view, bridge.num_views)
-        return Row(name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, shared, one_view)
+        independent = self.independent_kept(prior, bridge, mask)
+        return Row(
+            name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, shared, one_view,
+            independent,
+        )  # fmt: skip
+
+    def independent_kept(self, prior: GaussianTexturePrior, bridge: Bridge, mask: Tensor) -> float:
+        """The contrast g keeps of views that disagree completely: exact prior samples drawn independently for every
+        view, carried through g and rendered back, over the samples' own, through the same masks (1: nothing is
+        averaged; a texel that follows one view keeps its contrast, an average of views does not)."""
+        kept, samples = [], []
+        for seed in range(self.seeds):
+            x = prior.sample(bridge.num_views, *bridge.instance_shape[1:], torch.Generator().manual_seed(200 + seed))
+            kept.append(bridge.project(bridge.unproject(x), background=x).cpu())
+            samples.append(x)
+        masks = mask.repeat(self.seeds, 1, 1, 1)
+        return masked_std(torch.cat(kept), masks) / masked_std(torch.cat(samples), masks)
 
     def one_view_ratios(
         self, prior: GaussianTexturePrior, one_view: Callable[[int], Bridge], num_views: int
@@ -355,7 +375,8 @@ class FidelityBench:
 
     HEADER = (
         "| bridge | preset | noise | std | b1 | b2 | b3 | b4 | held-out std | held-out worst band | mix | fit dB | "
-        "lag1 | shared | one-view b3 | one-view b4 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "lag1 | shared | one-view b3 | one-view b4 | independent |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
 
     @staticmethod
@@ -367,7 +388,7 @@ class FidelityBench:
         return (
             f"| {row.bridge} | {row.preset} | {row.noise} | {row.std:.2f} | {bands} | {row.held_out_std:.2f} | "
             f"{row.worst_band(held_out=True):.2f} | {mix} | {row.fit_db:.1f} | {row.lag1:.3f} | {shared} | "
-            f"{one_view} |"
+            f"{one_view} | {row.independent:.2f} |"
         )
 
     def table(self, rows: list[Row]) -> str:

@@ -24,7 +24,7 @@ sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, 
 - one-view b3, b4: for the product bridges, the two finest band ratios of exact prior samples fitted through one view
   at a time and rendered back (nothing averaged): how much detail the Gaussians, the texture or the panorama can
   hold at all at this view size;
-- independent: the contrast g keeps of views that disagree completely (exact prior samples drawn independently for
+- g keeps: the contrast g keeps of views that disagree completely (exact prior samples drawn independently for
   every view, carried through g and rendered back; 1 where nothing is averaged): what averaging costs where views
   start apart.
 
@@ -375,7 +375,7 @@ class FidelityBench:
 
     HEADER = (
         "| bridge | preset | noise | std | b1 | b2 | b3 | b4 | held-out std | held-out worst band | mix | fit dB | "
-        "lag1 | shared | one-view b3 | one-view b4 | independent |\n"
+        "lag1 | shared | one-view b3 | one-view b4 | g keeps |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
 

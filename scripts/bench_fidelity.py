@@ -106,7 +106,7 @@ class Row:
     lag1: float
     shared: float | None
     one_view: tuple[float, ...] | None = None
-    independent: float = math.nan
+    g_keeps: float = math.nan
 
     def worst_band(self, held_out: bool = False) -> float:
         return max(symmetric(r) for r in (self.held_out_bands if held_out else self.bands))
@@ -328,13 +328,13 @@ class FidelityBench:
             shared = texel_shared_correlation(torch.stack(starts), bridge)
         if setting.one_view is not None and one_view is None:
             one_view = self.one_view_ratios(prior, setting.one_view, bridge.num_views)
-        independent = self.independent_kept(prior, bridge, mask)
+        g_keeps = self.contrast_g_keeps(prior, bridge, mask)
         return Row(
             name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, shared, one_view,
-            independent,
+            g_keeps,
         )  # fmt: skip
 
-    def independent_kept(self, prior: GaussianTexturePrior, bridge: Bridge, mask: Tensor) -> float:
+    def contrast_g_keeps(self, prior: GaussianTexturePrior, bridge: Bridge, mask: Tensor) -> float:
         """The contrast g keeps of views that disagree completely: exact prior samples drawn independently for every
         view, carried through g and rendered back, over the samples' own, through the same masks (1: nothing is
         averaged; a texel that follows one view keeps its contrast, an average of views does not)."""
@@ -388,7 +388,7 @@ class FidelityBench:
         return (
             f"| {row.bridge} | {row.preset} | {row.noise} | {row.std:.2f} | {bands} | {row.held_out_std:.2f} | "
             f"{row.worst_band(held_out=True):.2f} | {mix} | {row.fit_db:.1f} | {row.lag1:.3f} | {shared} | "
-            f"{one_view} | {row.independent:.2f} |"
+            f"{one_view} | {row.g_keeps:.2f} |"
         )
 
     def table(self, rows: list[Row]) -> str:

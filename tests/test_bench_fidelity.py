@@ -122,10 +122,10 @@ def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str], m
     one_view = header.index("one-view b3")
     assert cells["integral"][one_view : one_view + 2] == cells["sqrt_weights"][one_view : one_view + 2]
     assert len(one_view_runs) == 1  # once for the splat bridge and preset, whatever the noise
-    independent = header.index("g keeps")
+    g_keeps = header.index("g keeps")
     control = next(line for line in rows if line.startswith("| wide")).split("|")
-    assert float(control[independent]) == pytest.approx(1.0, abs=1e-6)  # windows side by side: nothing averaged
-    assert float(cells["integral"][independent]) < 0.95  # splat views overlap: g averages what they disagree on
+    assert float(control[g_keeps]) == pytest.approx(1.0, abs=1e-6)  # windows side by side: nothing averaged
+    assert float(cells["integral"][g_keeps]) < 0.95  # splat views overlap: g averages what they disagree on
 
 
 def test_one_view_bridges_see_what_their_instance_view_sees(shared_fixture) -> None:  # noqa: ANN001

@@ -3,9 +3,10 @@ denoised and in views it never saw?
 
 `GaussianTexturePrior` knows the true distribution of every view. For each product bridge (splats: the demo teapot
 and the Mip-Splatting donut; a mesh: the clutch bag; panoramas: from text and from a depth map) and the wide-image
-bridge as a control (its crops copy canonical pixels, so it must match the prior exactly), for texture presets of
-different structure (marble: isotropic; stripes: oriented; camouflage: a mixture) and a few seeds, it runs the
-sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, through the same masks:
+bridge as a control (its crops copy canonical pixels, so nothing is averaged: it measures the sampler alone), for
+texture presets of different structure (marble: isotropic; stripes: oriented; camouflage: a mixture) and a few
+seeds, it runs the sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, through the
+same masks:
 
 - std: the standard deviation of the delivered views' covered pixels over that of exact prior samples (contrast);
 - b1..b4: the power in four radial frequency bands over the prior's (detail; b4 is the finest);
@@ -28,10 +29,17 @@ sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, 
   every view, carried through g and rendered back; 1 where nothing is averaged): what averaging costs where views
   start apart.
 
+A second table sets every row beside exact DDIM: closed-form samples of what deterministic DDIM delivers with the
+prior's exact posterior mean on the run's timesteps from x_T ~ N(0, I) (`GaussianTexturePrior.sample_ddim`), the
+sampler's own limit, over the prior, and the row's ratios over exact DDIM's: what the bridge loses beyond the sampler
+itself. The control's are 1 within sampling error (nothing is averaged, and the
+sampler's arithmetic is exact), so what is left of its gap to the prior is DDIM's on this schedule.
+
 Each ratio r counts as max(r, 1/r). The last line is
 `RESULT worst_std_ratio=<x> worst_band_ratio=<x> heldout_worst_std_ratio=<x> noise_lag1=<x> noise_shared=<x>` over
 the product bridges with the product's default starting noise (`noise_shared` the least of their rows; the control
-is reported in `control_worst_ratio`).
+is reported in `control_worst_ratio`); `worst_vs_exact_ddim` and `control_vs_exact_ddim` are the worst ratios over
+exact DDIM's of the same rows and of the control.
 
     python scripts/bench_fidelity.py [--presets marble stripes camouflage] [--seeds 3] [--steps 30]
     python scripts/bench_fidelity.py --splat-noise integral   # the product's default starting noise only
@@ -107,6 +115,12 @@ class Row:
     shared: float | None
     one_view: tuple[float, ...] | None = None
     g_keeps: float = math.nan
+    exact_ddim: tuple[float, ...] = ()
+    """Std and band ratios of exact DDIM samples over the prior's, through the same masks."""
+
+    def over_exact_ddim(self) -> tuple[float, ...]:
+        """The row's std and band ratios over exact DDIM's (both over the prior's)."""
+        return tuple(r / e for r, e in zip((self.std, *self.bands), self.exact_ddim, strict=True))
 
     def worst_band(self, held_out: bool = False) -> float:
         return max(symmetric(r) for r in (self.held_out_bands if held_out else self.bands))
@@ -329,10 +343,29 @@ class FidelityBench:
         if setting.one_view is not None and one_view is None:
             one_view = self.one_view_ratios(prior, setting.one_view, bridge.num_views)
         g_keeps = self.contrast_g_keeps(prior, bridge, mask)
+        exact_ddim = self.exact_ddim_ratios(prior, sampler, masks, reference, fractions)
         return Row(
             name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, shared, one_view,
-            g_keeps,
+            g_keeps, exact_ddim,
         )  # fmt: skip
+
+    def exact_ddim_ratios(
+        self,
+        prior: GaussianTexturePrior,
+        sampler: SyncSampler,
+        masks: Tensor,
+        reference: Tensor,
+        fractions: Tensor | None,
+    ) -> tuple[float, ...]:
+        """Std and band ratios of exact DDIM samples (closed form, on the sampler's timesteps) over the prior samples
+        `reference`, with the reference's component fractions and through the same masks."""
+        schedule = sampler.schedule
+        alpha_bars = [schedule.alpha_bar(t) for t in sampler.timesteps] + [schedule.alpha_bar(-1)]
+        x = prior.sample_ddim(
+            self.prior_samples, *reference.shape[2:], alpha_bars, torch.Generator().manual_seed(5678), weights=fractions
+        )
+        std, bands = self.ratios(x, masks[torch.arange(x.shape[0]) % masks.shape[0]], reference)
+        return (std, *bands)
 
     def contrast_g_keeps(self, prior: GaussianTexturePrior, bridge: Bridge, mask: Tensor) -> float:
         """The contrast g keeps of views that disagree completely: exact prior samples drawn independently for every
@@ -391,8 +424,17 @@ class FidelityBench:
             f"{one_view} | {row.g_keeps:.2f} |"
         )
 
+    EXACT_DDIM_HEADER = (
+        "| bridge | preset | noise | exact DDIM std | b1 | b2 | b3 | b4 | over exact DDIM: std | b1 | b2 | b3 | b4 |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+
     def table(self, rows: list[Row]) -> str:
-        return "\n".join([self.HEADER, *(self.format_row(row) for row in rows)])
+        lines = [self.HEADER, *(self.format_row(row) for row in rows), "", self.EXACT_DDIM_HEADER]
+        for row in rows:
+            exact, over = (" | ".join(f"{r:.2f}" for r in ratios) for ratios in (row.exact_ddim, row.over_exact_ddim()))
+            lines.append(f"| {row.bridge} | {row.preset} | {row.noise} | {exact} | {over} |")
+        return "\n".join(lines)
 
     def result(self, rows: list[Row], seconds: float) -> str:
         default = SplatBridgeConfig().noise
@@ -406,13 +448,18 @@ class FidelityBench:
             return min(values) if values else float("nan")
 
         control_worst = worst([max(symmetric(r.std), r.worst_band()) for r in control])
+
+        def worst_over_exact_ddim(chosen: list[Row]) -> float:
+            return worst([max(map(symmetric, r.over_exact_ddim())) for r in chosen])
+
         return (
             f"RESULT worst_std_ratio={worst([symmetric(r.std) for r in product]):.4f} "
             f"worst_band_ratio={worst([r.worst_band() for r in product]):.4f} "
             f"heldout_worst_std_ratio={worst([symmetric(r.held_out_std) for r in product]):.4f} "
             f"noise_lag1={worst([r.lag1 for r in product]):.4f} "
             f"noise_shared={least([r.shared for r in product if r.shared is not None]):.4f} "
-            f"control_worst_ratio={control_worst:.4f} seconds={seconds:.1f}"
+            f"control_worst_ratio={control_worst:.4f} worst_vs_exact_ddim={worst_over_exact_ddim(product):.4f} "
+            f"control_vs_exact_ddim={worst_over_exact_ddim(control):.4f} seconds={seconds:.1f}"
         )
 
 

@@ -77,7 +77,7 @@ class BenchSD:
     reduced_views: int = 1
     """Ring views of the reduction (plus the top view)."""
     reduced_steps: int = 2
-    """Steps of the reduction (2: on the default "trailing" timesteps t = 999 and 499, both synchronised)."""
+    """Steps of the reduction (2: on the default Karras timesteps t = 999 and 427, both synchronised)."""
     threads: int | None = None
     """torch CPU threads; None keeps torch's default."""
 

@@ -58,11 +58,13 @@ class SyncConfig:
     """Where the diffusion state lives while synchronised: one sample per view, or one canonical sample."""
     num_steps: int = 30
     """Number of denoising steps."""
-    timestep_spacing: StepSpacing = "trailing"
-    """Which train timesteps the steps visit (as diffusers' schedulers): "trailing" starts on the last one (t = 999),
-    where the starting noise x_T ~ N(0, I) is closest to what the model saw in training; "model" follows the
-    denoiser's own configuration (Stable Diffusion 1.5's is "leading" with offset 1: t = 958, 925, ..., 1 for 30
-    steps, never the noisiest timesteps). What each costs in fidelity is measured in docs/fidelity.md."""
+    timestep_spacing: StepSpacing = "karras"
+    """Which train timesteps the steps visit: "karras" (Karras et al. 2022, rho = 7: t = 999, 976, ..., 3, 1 for 30
+    steps) starts on the last one, where the starting noise x_T ~ N(0, I) is closest to what the model saw in
+    training, and crowds the steps at low noise, where one coarse step loses the finest detail; "trailing" (t = 999,
+    966, ..., 32), "leading" and "linspace" are diffusers' even spacings; "model" follows the denoiser's own
+    configuration (Stable Diffusion 1.5's is "leading" with offset 1: t = 958, 925, ..., 1, never the noisiest
+    timestep). What each costs in fidelity is measured in docs/fidelity.md."""
     sync_until: float = 0.8
     """Fraction of the schedule that is synchronised: steps with t > (1 - sync_until) * T (the paper's mvd_end)."""
     method: Literal["ddim", "ddpm"] = "ddim"

@@ -90,6 +90,26 @@ def test_an_exact_sampler_reproduces_the_prior_through_the_oracle() -> None:
     assert ((fractions - prior.weights.double()).abs() <= error).all()
 
 
+def test_the_product_sampler_on_the_control_delivers_exact_ddim() -> None:
+    """Nothing is averaged in the control, so SyncTweedies with the product's settings (30 steps on its timesteps) is
+    DDIM, and delivers what `sample_ddim` says DDIM does: the control's gap to the prior is the schedule's."""
+    prior = GaussianTexturePrior.from_prompt("stripes", max_batch=64)
+    size, views = 16, 96
+    bridge = WideImageBridge(3, size, views * size, stride=size)
+    sampler = SyncSampler(prior, bridge, SyncConfig())
+    x = sampler.sample(torch.Generator().manual_seed(0)).x
+    alpha_bars = [prior.schedule.alpha_bar(t) for t in sampler.timesteps] + [prior.schedule.final_alpha_cumprod]
+    exact = prior.sample_ddim(256, size, size, alpha_bars, torch.Generator().manual_seed(1))
+    reference = prior.sample(256, size, size, torch.Generator().manual_seed(2))
+    mask = torch.ones(views, 1, size, size, dtype=torch.bool)
+    exact_mask = torch.ones(256, 1, size, size, dtype=torch.bool)
+    assert masked_std(x, mask) / masked_std(exact, exact_mask) == pytest.approx(1.0, abs=0.05)
+    # Stripes' coarser bands sit in a few frequencies: 96 views give them a sampling error of 0.07 to 0.12.
+    ratios = band_powers(x, mask) / band_powers(exact, exact_mask)
+    assert ratios.tolist() == pytest.approx([1.0] * 4, abs=0.3) and float(ratios[-1]) == pytest.approx(1.0, abs=0.05)
+    assert masked_std(exact, exact_mask) / masked_std(reference, exact_mask) < 0.85  # stripes: far from the prior
+
+
 def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     bench = load_bench()
     one_view_runs = []
@@ -103,13 +123,14 @@ def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str], m
     )  # fmt: skip
     settings.main()
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| splat-demo") or line.startswith("| wide")]
+    first, exact_ddim = out.split(bench.FidelityBench.EXACT_DDIM_HEADER)
+    rows = [line for line in first.splitlines() if line.startswith("| splat-demo") or line.startswith("| wide")]
     assert len(rows) == 2 * 3  # printed as they come, then in the table
     result = re.fullmatch(r"RESULT (.*)", out.strip().splitlines()[-1]).group(1)
     values = {key: float(value) for key, value in (item.split("=") for item in result.split())}
     keys = {
         "worst_std_ratio", "worst_band_ratio", "heldout_worst_std_ratio", "noise_lag1", "noise_shared",
-        "control_worst_ratio",
+        "control_worst_ratio", "worst_vs_exact_ddim", "control_vs_exact_ddim",
     }  # fmt: skip
     assert keys <= set(values)
     assert all(math.isfinite(values[key]) and values[key] >= 0 for key in keys)
@@ -126,6 +147,9 @@ def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str], m
     control = next(line for line in rows if line.startswith("| wide")).split("|")
     assert float(control[g_keeps]) == pytest.approx(1.0, abs=1e-6)  # windows side by side: nothing averaged
     assert float(cells["integral"][g_keeps]) < 0.95  # splat views overlap: g averages what they disagree on
+    exact_ddim = [line.split("|") for line in exact_ddim.splitlines() if line.startswith("| ")]
+    assert [cells[1].strip() for cells in exact_ddim] == ["splat-demo", "splat-demo", "wide-control"]
+    assert all(len(cells) == 15 for cells in exact_ddim)  # bridge, preset, noise, 5 exact DDIM ratios, 5 over them
 
 
 def test_one_view_bridges_see_what_their_instance_view_sees(shared_fixture) -> None:  # noqa: ANN001

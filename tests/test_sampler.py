@@ -16,9 +16,11 @@ from diffusers import DDIMScheduler
 from sync_splat.bridges.base import Bridge
 from sync_splat.conditions import ViewConditions
 from sync_splat.denoisers.base import Denoiser
+from sync_splat.denoisers.prior import GaussianTexturePrior
 from sync_splat.errors import InputError
 from sync_splat.functional.diffusion import NoiseSchedule
 from sync_splat.sampler import PAPER_CASES, SamplerState, SyncConfig, SyncSampler
+from sync_splat.studies.fidelity import band_powers
 
 C, H, W = 2, 4, 4
 PIXELS = C * H * W
@@ -340,10 +342,32 @@ def test_the_timestep_spacing_is_the_configs_and_a_wrong_one_is_refused() -> Non
     assert model is denoiser.schedule and model.timesteps(30)[0] == 958
     leading = SyncConfig(timestep_spacing="leading").schedule(denoiser)
     assert leading.timesteps(30).tolist() == model.timesteps(30).tolist()
-    trailing = SyncConfig().schedule(denoiser)
+    trailing = SyncConfig(timestep_spacing="trailing").schedule(denoiser)
     assert trailing.timesteps(30)[[0, -1]].tolist() == [999, 32] and trailing.max_steps == 1000
-    assert torch.equal(trailing.alphas_cumprod, model.alphas_cumprod)
-    assert trailing.final_alpha_cumprod == model.final_alpha_cumprod
+    karras = SyncConfig().schedule(denoiser)  # the default
+    assert karras.timesteps(30)[[0, -1]].tolist() == [999, 1] and karras.max_steps == 1000
+    for schedule in (trailing, karras):
+        assert torch.equal(schedule.alphas_cumprod, model.alphas_cumprod)
+        assert schedule.final_alpha_cumprod == model.final_alpha_cumprod
     assert SyncConfig(timestep_spacing="linspace").schedule(denoiser).timesteps(30)[[0, -1]].tolist() == [999, 0]
     with pytest.raises(InputError, match="timestep_spacing must be one of .* got 'spaced'"):
         SyncConfig(timestep_spacing="spaced").check()  # type: ignore[arg-type]
+
+
+def test_the_default_timesteps_keep_the_finest_band_that_even_steps_lose() -> None:
+    """Exact DDIM (`sample_ddim`) on 30 even steps keeps about 0.8 of marble's finest band: its last step jumps from
+    t = 32 to the end, where the weakest components' signal-to-noise ratio crosses 1. The default's steps, crowded at
+    low noise, keep over 0.9 of it."""
+    prior = GaussianTexturePrior.from_prompt("marble")
+    reference = prior.sample(256, 32, 32, torch.Generator().manual_seed(0))
+    mask = torch.ones(256, 1, 32, 32, dtype=torch.bool)
+
+    def finest_band(config: SyncConfig) -> float:
+        schedule = config.schedule(prior)
+        steps = schedule.timesteps(config.num_steps).tolist()
+        alpha_bars = [*(schedule.alpha_bar(t) for t in steps), schedule.final_alpha_cumprod]
+        x = prior.sample_ddim(256, 32, 32, alpha_bars, torch.Generator().manual_seed(1))
+        return float(band_powers(x, mask)[-1] / band_powers(reference, mask)[-1])
+
+    assert finest_band(SyncConfig(timestep_spacing="trailing")) < 0.85
+    assert finest_band(SyncConfig()) > 0.9

@@ -38,8 +38,9 @@ class SamplingSettings:
     method: Literal["ddim", "ddpm"] = "ddim"
     """The reverse step: DDIM (the paper's README and tests) or ancestral DDPM (the official mesh code's default)."""
     timestep_spacing: StepSpacing = SyncConfig.timestep_spacing
-    """Which train timesteps the steps visit: 'trailing' starts on the noisiest (t = 999); 'model' follows the
-    denoiser's own configuration (Stable Diffusion 1.5's 'leading' starts at t = 958 for 30 steps)."""
+    """Which train timesteps the steps visit: 'karras' starts on the noisiest (t = 999) and crowds the steps at low
+    noise; 'trailing' spreads them evenly from t = 999; 'model' follows the denoiser's own configuration (Stable
+    Diffusion 1.5's 'leading' starts at t = 958 for 30 steps)."""
     seed: int = 0
     """Seed of the one random generator of the run (0 to 2**64 - 1)."""
     sd: StableDiffusionDenoiserConfig = field(default_factory=StableDiffusionDenoiserConfig)

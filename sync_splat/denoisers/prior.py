@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from jaxtyping import Complex, Float
+from jaxtyping import Complex, Float, Int
 from torch import Tensor
 
 from sync_splat.codec import decode_pixels
@@ -209,17 +209,72 @@ class GaussianTexturePrior:
         """
         device = generator.device if generator is not None else torch.device("cpu")
         factors = self._spectral_factors(h, w, device)
+        chosen = self._choose_components(num, weights, generator, device)
+        white = torch.randn(num, 3, h, w, generator=generator, dtype=torch.float64, device=device)
+        # The symmetric square root U diag(sqrt(lam)) U^T of Sigma(k) keeps the spectrum Hermitian: the field is real.
+        field = self._filter(white, factors.eigvecs[chosen], factors.eigvals[chosen].sqrt())
+        return (field + self.means.to(device)[chosen][:, :, None, None]).to(dtype)
+
+    def sample_ddim(
+        self,
+        num: int,
+        h: int,
+        w: int,
+        alpha_bars: Sequence[float],
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        weights: Float[Tensor, " M"] | None = None,
+    ) -> Float[Tensor, "N 3 h w"]:
+        """Exact samples of what deterministic DDIM (eta = 0) delivers from x_T ~ N(0, I) on these timesteps with
+        this prior's posterior mean, in closed form: the sampler's own limit, with nothing synchronised.
+
+        With one component the posterior mean is linear, so each DDIM step multiplies the state's deviation
+        `d_t = x_t - sqrt(a_t) mu` in the eigenbasis by `(sqrt(a_s a_t) lam + sqrt((1 - a_s)(1 - a_t))) / (a_t lam +
+        1 - a_t)`, at most `sqrt(a_s lam + 1 - a_s) / sqrt(a_t lam + 1 - a_t)` (the exact flow's) and less the larger
+        the step, and the result is a Gaussian field with a known spectrum. Two things keep it from the prior: a
+        schedule whose first alpha_bar is not 0 (Stable Diffusion's is 0.0047 at t = 999) leaves out the share of
+        x_T that strong components still hold there, and coarse steps shrink the components whose signal-to-noise
+        ratio crosses 1 within a step. For a mixture each image is drawn from one component as if it alone were the
+        prior: an approximation, since the real sampler must first tell the components apart.
+
+        Args:
+            num, h, w, generator, dtype, weights: as `sample`.
+            alpha_bars: alpha_bar at each step's timestep, from the first (x_T) to where the last step lands.
+
+        Returns:
+            x0, `[num, 3, h, w]`.
+        """
+        if len(alpha_bars) < 2 or not all(0.0 < a <= 1.0 for a in alpha_bars):
+            raise ValueError(f"alpha_bars must be at least two values in (0, 1], got {list(alpha_bars)}")
+        device = generator.device if generator is not None else torch.device("cpu")
+        factors = self._spectral_factors(h, w, device)
+        chosen = self._choose_components(num, weights, generator, device)
+        eigvals = factors.eigvals[chosen]
+        gain = torch.ones_like(eigvals)
+        for a_t, a_s in zip(alpha_bars[:-1], alpha_bars[1:], strict=True):
+            gain = (
+                gain * (math.sqrt(a_s * a_t) * eigvals + math.sqrt((1 - a_s) * (1 - a_t))) / (a_t * eigvals + 1 - a_t)
+            )
+        means = self.means.to(device)[chosen][:, :, None, None]
+        start = torch.randn(num, 3, h, w, generator=generator, dtype=torch.float64, device=device)
+        deviation = self._filter(start - math.sqrt(alpha_bars[0]) * means, factors.eigvecs[chosen], gain)
+        return (deviation + math.sqrt(alpha_bars[-1]) * means).to(dtype)
+
+    def _choose_components(
+        self, num: int, weights: Tensor | None, generator: torch.Generator | None, device: torch.device
+    ) -> Int[Tensor, " N"]:
         weights = self.weights if weights is None else weights
         if weights.shape != self.weights.shape or bool((weights < 0).any()) or not bool(weights.sum() > 0):
             raise ValueError(f"weights must be {self.num_components} non-negative numbers, not all zero, got {weights}")
-        chosen = torch.multinomial(weights.to(device), num, replacement=True, generator=generator)
-        white = torch.randn(num, 3, h, w, generator=generator, dtype=torch.float64, device=device)
-        # The symmetric square root U diag(sqrt(lam)) U^T of Sigma(k) keeps the spectrum Hermitian: the field is real.
-        eigvecs = factors.eigvecs[chosen]  # [num, h, w, 3, 3]
-        rotated = torch.einsum("nhwcj,nchw->njhw", eigvecs, torch.fft.fft2(white, norm="ortho"))
-        rotated = rotated * factors.eigvals[chosen].sqrt()
-        field = torch.fft.ifft2(torch.einsum("nhwcj,njhw->nchw", eigvecs, rotated), norm="ortho").real
-        return (field + self.means.to(device)[chosen][:, :, None, None]).to(dtype)
+        return torch.multinomial(weights.to(device), num, replacement=True, generator=generator)
+
+    @staticmethod
+    def _filter(
+        x: Float[Tensor, "N 3 h w"], eigvecs: Complex[Tensor, "N h w 3 3"], gains: Float[Tensor, "N 3 h w"]
+    ) -> Float[Tensor, "N 3 h w"]:
+        """`U diag(gains) U^T x` per frequency: a symmetric filter, so a real x stays real."""
+        rotated = torch.einsum("nhwcj,nchw->njhw", eigvecs, torch.fft.fft2(x, norm="ortho")) * gains
+        return torch.fft.ifft2(torch.einsum("nhwcj,njhw->nchw", eigvecs, rotated), norm="ortho").real
 
     def _eigen_spectra(self, x: Tensor, alpha_bar: float) -> tuple[list[Tensor], Float[Tensor, "M 3 h w"]]:
         """x's spectra in each component's eigenbasis, where x_t's covariance is diagonal, and that diagonal.

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-TimestepSpacing = Literal["leading", "trailing", "linspace"]
+TimestepSpacing = Literal["leading", "trailing", "linspace", "karras"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class NoiseSchedule:
         alphas_cumprod: alpha_bar for each train timestep 0..T-1, float32 on the CPU.
         final_alpha_cumprod: alpha_bar a DDIM step lands on after the last timestep (diffusers'
             `set_alpha_to_one`: 1.0, or alpha_bar at t = 0 as SD configures it). DDPM always ends on 1.0.
-        timestep_spacing: how inference timesteps are spread over the train timesteps (as diffusers).
+        timestep_spacing: how inference timesteps are spread over the train timesteps: diffusers' "leading",
+            "trailing" and "linspace", or Karras et al.'s "karras" (see `timesteps`).
         steps_offset: added to "leading" timesteps (SD 1.5 uses 1: 981, 961, ..., 1 for 50 steps).
     """
 
@@ -105,7 +106,7 @@ class NoiseSchedule:
         return total
 
     def timesteps(self, num_steps: int) -> Tensor:
-        """Inference timesteps, descending, int64 (the same as diffusers' `set_timesteps`)."""
+        """Inference timesteps, descending, int64 (the even spacings are the same as diffusers' `set_timesteps`)."""
         total = self.num_train_timesteps
         if not 1 <= num_steps <= self.max_steps:
             raise ValueError(f"num_steps must be in 1..{self.max_steps}, got {num_steps}")
@@ -114,17 +115,37 @@ class NoiseSchedule:
             steps = (torch.arange(num_steps, dtype=torch.float64) * ratio).round().flip(0) + self.steps_offset
         elif self.timestep_spacing == "trailing":
             steps = torch.arange(total, 0, -total / num_steps, dtype=torch.float64).round() - 1
+        elif self.timestep_spacing == "karras":
+            return self._karras_timesteps(num_steps)
         else:
             steps = torch.linspace(0, total - 1, num_steps, dtype=torch.float64).round().flip(0)
         return steps.to(torch.int64)
+
+    def _karras_timesteps(self, num_steps: int) -> Tensor:
+        """Karras et al. (2022)'s spacing, rho = 7: noise levels sigma = sqrt((1 - a) / a) evenly spaced in
+        sigma^(1 / rho) from t = T - 1 down to t = 0, each rounded to the train timestep nearest in log sigma, the last
+        point (t = 0) left to the final step. Steps crowd at low noise, where each step changes the image's finest
+        detail most; rounding never repeats a timestep."""
+        rho = 7.0
+        log_sigmas = 0.5 * (torch.log1p(-self.alphas_cumprod.double()) - torch.log(self.alphas_cumprod.double()))
+        ramp = torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)[:-1]
+        top, bottom = (log_sigmas[-1] / rho).exp(), (log_sigmas[0] / rho).exp()
+        targets = rho * torch.log(top + ramp * (bottom - top))
+        nearest = (log_sigmas[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
+        steps, above = [], self.num_train_timesteps
+        for i, t in enumerate(nearest):
+            above = min(max(t, num_steps - 1 - i), above - 1)
+            steps.append(above)
+        return torch.tensor(steps, dtype=torch.int64)
 
     def previous_timestep(self, t: int, num_steps: int, method: Literal["ddim", "ddpm"] = "ddim") -> int:
         """The timestep a reverse step from t lands on; negative after the last step.
 
         diffusers' two schedulers differ here and we follow each: DDIM always steps back by T // num_steps, DDPM
-        lands on the next timestep of the inference list. They agree for "leading" spacing.
+        lands on the next timestep of the inference list. They agree for "leading" spacing. Karras spacing is not
+        even, so both land on the next timestep of the list.
         """
-        if method == "ddim":
+        if method == "ddim" and self.timestep_spacing != "karras":
             return int(t) - self.num_train_timesteps // num_steps
         timesteps = self.timesteps(num_steps).tolist()
         index = timesteps.index(int(t))

@@ -14,7 +14,7 @@ from sync_splat.denoisers.base import Denoiser
 from sync_splat.denoisers.prior import GaussianTexturePrior, GaussianTexturePriorConfig
 from sync_splat.denoisers.texture_presets import PRESETS, preset_for_prompt
 from sync_splat.errors import InputError
-from sync_splat.functional.diffusion import add_noise, ddim_step, tweedie
+from sync_splat.functional.diffusion import NoiseSchedule, add_noise, ddim_step, tweedie
 from sync_splat.scene.mesh import MeshAsset
 
 MIXTURES = [name for name, components in PRESETS.items() if len(components) > 1]
@@ -122,6 +122,36 @@ def test_ddim_sampling_reproduces_power_spectrum() -> None:
 
     ratios = band_ratios(measured_power(x), prior.power_spectrum(h, w), num_bands=5)
     assert (ratios - 1).abs().max() < 0.05, ratios
+
+
+@pytest.mark.parametrize("preset", ["marble", "stripes"])
+def test_closed_form_ddim_samples_are_what_ddim_delivers(preset: str) -> None:
+    """`sample_ddim` against 30 DDIM steps driven by the exact posterior mean: the same spectrum and mean colour,
+    both short of the prior's where SD's schedule says (x_T ~ N(0, I) lacks the strong components' share)."""
+    prior = GaussianTexturePrior.from_prompt(preset, max_batch=512)
+    schedule = NoiseSchedule.scaled_linear(timestep_spacing="karras", steps_offset=0)
+    steps = schedule.timesteps(30).tolist()
+    alpha_bars = [schedule.alpha_bar(t) for t in steps] + [schedule.final_alpha_cumprod]
+    x = torch.randn(512, 3, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for t, a, a_prev in zip(steps, alpha_bars, alpha_bars[1:], strict=False):
+        x = ddim_step(x, prior.posterior_mean(x, t), a, a_prev)
+    closed = prior.sample_ddim(512, 12, 12, alpha_bars, torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert closed.shape == x.shape
+    ratios = band_ratios(measured_power(closed), measured_power(x), num_bands=4)
+    assert (ratios - 1).abs().max() < 0.06, ratios
+    torch.testing.assert_close(closed.mean(dim=(0, 2, 3)), x.mean(dim=(0, 2, 3)), atol=0.01, rtol=0)
+    short = band_ratios(measured_power(closed), prior.power_spectrum(12, 12), num_bands=4)
+    assert short.min() < 0.92
+
+
+def test_closed_form_ddim_on_fine_steps_from_pure_noise_is_the_prior() -> None:
+    prior = GaussianTexturePrior.from_prompt("marble", schedule=NoiseSchedule.linear())
+    alpha_bars = [*prior.schedule.alphas_cumprod.double().flip(0).tolist(), 1.0]  # t = 999 (4e-5), ..., 0, then 1
+    closed = prior.sample_ddim(2048, 8, 8, alpha_bars, torch.Generator().manual_seed(0), dtype=torch.float64)
+    ratios = band_ratios(measured_power(closed), prior.power_spectrum(8, 8), num_bands=4)
+    assert (ratios - 1).abs().max() < 0.06, ratios
+    with pytest.raises(ValueError, match="alpha_bars must be at least two values"):
+        prior.sample_ddim(1, 8, 8, [0.5])
 
 
 @pytest.mark.parametrize("preset", ["marble", "stripes", "terrazzo"])

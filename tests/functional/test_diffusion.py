@@ -137,6 +137,7 @@ def test_timesteps_reject_bad_counts() -> None:
         NoiseSchedule.scaled_linear(),
         NoiseSchedule.linear(),
         NoiseSchedule.scaled_linear(timestep_spacing="trailing", steps_offset=0),
+        NoiseSchedule.linear(timestep_spacing="karras"),
     ],
 )
 def test_the_most_steps_a_schedule_allows_all_exist(schedule: NoiseSchedule) -> None:
@@ -146,3 +147,21 @@ def test_the_most_steps_a_schedule_allows_all_exist(schedule: NoiseSchedule) -> 
     assert len(set(timesteps.tolist())) == most
     with pytest.raises(ValueError, match=f"1..{most}"):
         schedule.timesteps(most + 1)
+
+
+def test_karras_timesteps_start_at_the_noisiest_and_crowd_at_low_noise() -> None:
+    schedule = NoiseSchedule.scaled_linear(timestep_spacing="karras", steps_offset=0)
+    steps = schedule.timesteps(30).tolist()
+    assert steps[0] == 999 and steps[-1] == 1  # t = 0, the ramp's last point, is the final step's to land near
+    gaps = [above - below for above, below in zip(steps, steps[1:], strict=False)]
+    assert min(gaps) >= 1 and gaps[-1] < gaps[0] < gaps[len(gaps) // 2]  # dense at both ends, densest at low noise
+    # Evenly spaced in sigma^(1/7) (up to rounding to train timesteps, which matters only where steps are 1 apart).
+    alpha_bars = schedule.alphas_cumprod.double()[steps[:20]]
+    roots = ((1 - alpha_bars) / alpha_bars).pow(0.5 / 7)
+    spacing = roots[:-1] - roots[1:]
+    assert float(spacing.max() / spacing.min()) < 1.1
+    # Uneven: every reverse step, DDIM's too, lands on the next listed timestep, and the last on the final alpha_bar.
+    for method in ("ddim", "ddpm"):
+        assert [schedule.previous_timestep(t, 30, method) for t in steps] == [*steps[1:], -1]
+    assert schedule.max_steps == 1000 and schedule.timesteps(1000).tolist() == list(range(999, -1, -1))
+    assert schedule.timesteps(1).tolist() == [999]

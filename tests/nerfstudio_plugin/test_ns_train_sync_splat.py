@@ -149,7 +149,7 @@ def test_max_num_iterations_still_stops_after_a_restart(tmp_path: Path, scene_fi
         (["--pipeline.views", "4"], "sampled with --pipeline.views 3"),
         (["--pipeline.seed", "8", "--pipeline.method", "ddim"], "with --pipeline.method ddpm, --pipeline.seed 7"),
         (["--pipeline.case", "0"], "sampled with --pipeline.case 2"),
-        (["--pipeline.timestep-spacing", "model"], "sampled with --pipeline.timestep-spacing trailing"),
+        (["--pipeline.timestep-spacing", "model"], "sampled with --pipeline.timestep-spacing karras"),
         (["--pipeline.source", "moved"], "another scene"),  # the same Gaussian count, moved
         (["--pipeline.source", "fewer"], "the same --pipeline.source"),
     ],

@@ -159,16 +159,17 @@ class MeshAsset:
                 "--uvs xatlas on the command line) or fix the UV layout"
             )
         origin: Literal["file", "xatlas"] = "file"
+        # Vertices at one position (split along UV seams) are merged: they share one normal, and seams of the
+        # file's old layout do not split xatlas charts.
+        positions, merged = torch.unique(vertices_t, dim=0, return_inverse=True)
         if uv_mode == "xatlas" or problem is not None:
-            # Vertices at one position are merged, so seams of the file's old layout do not split xatlas charts.
-            positions, merged = torch.unique(vertices_t, dim=0, return_inverse=True)
             face_uvs, origin = xatlas_uvs(unit_size(positions).float(), merged[faces_t], where), "xatlas"
         assert face_uvs is not None
         return cls(
             vertices=vertices_t,
             faces=faces_t,
             face_uvs=face_uvs.clamp(0.0, 1.0),
-            normals=vertex_normals(vertices_t, faces_t),
+            normals=vertex_normals(positions, merged[faces_t])[merged].to(vertices_t.dtype),
             uv_origin=origin,
             source=source,
         )
@@ -292,14 +293,12 @@ def unit_size(vertices: Float[Tensor, "V 3"]) -> Float[Tensor, "V 3"]:
 
 
 def vertex_normals(vertices: Float[Tensor, "V 3"], faces: Int64[Tensor, "F 3"]) -> Float[Tensor, "V 3"]:
-    """Area-weighted vertex normals; vertices at the same position (split along UV seams) share one normal."""
-    positions, merged = torch.unique(vertices, dim=0, return_inverse=True)
-    corners = merged[faces]
-    unit = unit_size(positions)  # float64 at unit size: no overflow or underflow in the products below
-    face_normal = face_area_vectors(unit, corners)  # weighted by area
-    summed = torch.zeros_like(unit).index_add_(0, corners.reshape(-1), face_normal.repeat_interleave(3, dim=0))
-    normal = torch.nn.functional.normalize(summed, dim=-1)
-    return normal[merged].to(vertices.dtype)
+    """Area-weighted vertex normals, float64 (faces sharing a vertex index share its normal: merge vertices at one
+    position first for a smooth normal across UV seams)."""
+    unit = unit_size(vertices)  # float64 at unit size: no overflow or underflow in the products below
+    face_normal = face_area_vectors(unit, faces)  # weighted by area
+    summed = torch.zeros_like(unit).index_add_(0, faces.reshape(-1), face_normal.repeat_interleave(3, dim=0))
+    return torch.nn.functional.normalize(summed, dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -70,6 +70,23 @@ def test_the_clutch_bag_fixture_loads_without_its_mtl(shared_fixture) -> None:
     assert torch.allclose(centre, torch.zeros(3), atol=1e-5) and radius == pytest.approx(1.0, abs=1e-5)
 
 
+def test_vertices_split_along_a_uv_seam_share_one_smooth_normal() -> None:
+    """A roof of two slopes, two triangles each, whose ridge vertices are split (as a UV seam splits them): both
+    copies of a ridge vertex get the area-weighted normal of every face around the position, and a vertex of one
+    slope alone that slope's normal."""
+    vertices = [[0, 0, 0], [1, 0, 0], [0, 1, 1], [1, 1, 1], [0, 2, 0], [1, 2, 0]]  # 2, 3: the ridge
+    vertices += [[0, 1, 1], [1, 1, 1]]  # 6, 7: the ridge again, for the second face
+    faces = [[0, 1, 3], [0, 3, 2], [6, 7, 5], [6, 5, 4]]
+    uvs = [[0, 0], [1, 0], [0, 0.5], [1, 0.5], [0, 1], [1, 1], [0, 0.5], [1, 0.5]]
+    mesh = MeshAsset.from_arrays(np.array(vertices, float), np.array(faces), np.array(uvs, float), uv_mode="file")
+    # The ridge's left end touches one face of the near slope and both of the far one; its right end the reverse.
+    left, right = torch.tensor([0.0, 1.0, 3.0]) / 10**0.5, torch.tensor([0.0, -1.0, 3.0]) / 10**0.5
+    for i, normal in ((2, left), (6, left), (3, right), (7, right)):
+        torch.testing.assert_close(mesh.normals[i], normal)
+    torch.testing.assert_close(mesh.normals[0], torch.tensor([0.0, -1.0, 1.0]) / 2**0.5)
+    torch.testing.assert_close(mesh.normals[5], torch.tensor([0.0, 1.0, 1.0]) / 2**0.5)
+
+
 def test_a_mesh_without_uvs_gets_an_xatlas_layout_in_the_same_face_order(tmp_path: Path) -> None:
     box = box_without_uvs()
     path = tmp_path / "box.ply"

@@ -359,8 +359,7 @@ class FidelityBench:
     ) -> tuple[float, ...]:
         """Std and band ratios of exact DDIM samples (closed form, on the sampler's timesteps) over the prior samples
         `reference`, with the reference's component fractions and through the same masks."""
-        schedule = sampler.schedule
-        alpha_bars = [schedule.alpha_bar(t) for t in sampler.timesteps] + [schedule.alpha_bar(-1)]
+        alpha_bars = sampler.schedule.alpha_bars(sampler.num_steps)
         x = prior.sample_ddim(
             self.prior_samples, *reference.shape[2:], alpha_bars, torch.Generator().manual_seed(5678), weights=fractions
         )

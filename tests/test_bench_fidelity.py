@@ -98,8 +98,8 @@ def test_the_product_sampler_on_the_control_delivers_exact_ddim() -> None:
     bridge = WideImageBridge(3, size, views * size, stride=size)
     sampler = SyncSampler(prior, bridge, SyncConfig())
     x = sampler.sample(torch.Generator().manual_seed(0)).x
-    alpha_bars = [prior.schedule.alpha_bar(t) for t in sampler.timesteps] + [prior.schedule.final_alpha_cumprod]
-    exact = prior.sample_ddim(256, size, size, alpha_bars, torch.Generator().manual_seed(1))
+    assert sampler.timesteps == sampler.schedule.timesteps(sampler.num_steps).tolist()
+    exact = prior.sample_ddim(256, size, size, sampler.schedule.alpha_bars(30), torch.Generator().manual_seed(1))
     reference = prior.sample(256, size, size, torch.Generator().manual_seed(2))
     mask = torch.ones(views, 1, size, size, dtype=torch.bool)
     exact_mask = torch.ones(256, 1, size, size, dtype=torch.bool)

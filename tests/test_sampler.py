@@ -363,9 +363,7 @@ def test_the_default_timesteps_keep_the_finest_band_that_even_steps_lose() -> No
     mask = torch.ones(256, 1, 32, 32, dtype=torch.bool)
 
     def finest_band(config: SyncConfig) -> float:
-        schedule = config.schedule(prior)
-        steps = schedule.timesteps(config.num_steps).tolist()
-        alpha_bars = [*(schedule.alpha_bar(t) for t in steps), schedule.final_alpha_cumprod]
+        alpha_bars = config.schedule(prior).alpha_bars(config.num_steps)
         x = prior.sample_ddim(256, 32, 32, alpha_bars, torch.Generator().manual_seed(1))
         return float(band_powers(x, mask)[-1] / band_powers(reference, mask)[-1])
 

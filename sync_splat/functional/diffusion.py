@@ -138,6 +138,12 @@ class NoiseSchedule:
             steps.append(above)
         return torch.tensor(steps, dtype=torch.int64)
 
+    def alpha_bars(self, num_steps: int) -> list[float]:
+        """alpha_bar at each inference timestep, then the final one a DDIM run lands on: the values a run of DDIM
+        steps goes through. Exact for "leading" and "karras" spacing; with the other even spacings DDIM steps back
+        by T // num_steps (`previous_timestep`), which can land one timestep beside the next listed one."""
+        return [self.alpha_bar(t) for t in self.timesteps(num_steps).tolist()] + [self.final_alpha_cumprod]
+
     def previous_timestep(self, t: int, num_steps: int, method: Literal["ddim", "ddpm"] = "ddim") -> int:
         """The timestep a reverse step from t lands on; negative after the last step.
 

@@ -130,11 +130,11 @@ def test_closed_form_ddim_samples_are_what_ddim_delivers(preset: str) -> None:
     both short of the prior's where SD's schedule says (x_T ~ N(0, I) lacks the strong components' share)."""
     prior = GaussianTexturePrior.from_prompt(preset, max_batch=512)
     schedule = NoiseSchedule.scaled_linear(timestep_spacing="karras", steps_offset=0)
-    steps = schedule.timesteps(30).tolist()
-    alpha_bars = [schedule.alpha_bar(t) for t in steps] + [schedule.final_alpha_cumprod]
     x = torch.randn(512, 3, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    for t, a, a_prev in zip(steps, alpha_bars, alpha_bars[1:], strict=False):
+    for t in schedule.timesteps(30).tolist():
+        a, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(schedule.previous_timestep(t, 30))
         x = ddim_step(x, prior.posterior_mean(x, t), a, a_prev)
+    alpha_bars = schedule.alpha_bars(30)
     closed = prior.sample_ddim(512, 12, 12, alpha_bars, torch.Generator().manual_seed(1), dtype=torch.float64)
     assert closed.shape == x.shape
     ratios = band_ratios(measured_power(closed), measured_power(x), num_bands=4)

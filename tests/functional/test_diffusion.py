@@ -163,5 +163,6 @@ def test_karras_timesteps_start_at_the_noisiest_and_crowd_at_low_noise() -> None
     # Uneven: every reverse step, DDIM's too, lands on the next listed timestep, and the last on the final alpha_bar.
     for method in ("ddim", "ddpm"):
         assert [schedule.previous_timestep(t, 30, method) for t in steps] == [*steps[1:], -1]
+    assert schedule.alpha_bars(30) == [schedule.alpha_bar(t) for t in [*steps, -1]]  # what the 30 steps go through
     assert schedule.max_steps == 1000 and schedule.timesteps(1000).tolist() == list(range(999, -1, -1))
     assert schedule.timesteps(1).tolist() == [999]

@@ -32,8 +32,8 @@ same masks:
 A second table sets every row beside exact DDIM: closed-form samples of what deterministic DDIM delivers with the
 prior's exact posterior mean on the run's timesteps from x_T ~ N(0, I) (`GaussianTexturePrior.sample_ddim`), the
 sampler's own limit, over the prior, and the row's ratios over exact DDIM's: what the bridge loses beyond the sampler
-itself. The control's are 1 within sampling error (nothing is averaged, and the
-sampler's arithmetic is exact), so what is left of its gap to the prior is DDIM's on this schedule.
+itself. The control's are 1 within sampling error (nothing is averaged, and the sampler's arithmetic is exact), so
+what is left of its gap to the prior is DDIM's on this schedule.
 
 Each ratio r counts as max(r, 1/r). The last line is
 `RESULT worst_std_ratio=<x> worst_band_ratio=<x> heldout_worst_std_ratio=<x> noise_lag1=<x> noise_shared=<x>` over
@@ -124,6 +124,11 @@ class Row:
 
     def worst_band(self, held_out: bool = False) -> float:
         return max(symmetric(r) for r in (self.held_out_bands if held_out else self.bands))
+
+
+def cycled(masks: Tensor, count: int) -> Tensor:
+    """`count` masks taken from `masks` in turn: the masks to see `count` prior samples through."""
+    return masks[torch.arange(count) % masks.shape[0]]
 
 
 def symmetric(ratio: float) -> float:
@@ -363,7 +368,7 @@ class FidelityBench:
         x = prior.sample_ddim(
             self.prior_samples, *reference.shape[2:], alpha_bars, torch.Generator().manual_seed(5678), weights=fractions
         )
-        std, bands = self.ratios(x, masks[torch.arange(x.shape[0]) % masks.shape[0]], reference)
+        std, bands = self.ratios(x, cycled(masks, x.shape[0]), reference)
         return (std, *bands)
 
     def contrast_g_keeps(self, prior: GaussianTexturePrior, bridge: Bridge, mask: Tensor) -> float:
@@ -397,8 +402,7 @@ class FidelityBench:
     def ratios(x: Tensor, masks: Tensor, reference: Tensor) -> tuple[float, tuple[float, ...]]:
         """Std and band-power ratios of `x` over the prior samples `reference`, the samples seen through the same
         masks (cycled)."""
-        chosen = torch.arange(reference.shape[0]) % masks.shape[0]
-        reference_masks = masks[chosen]
+        reference_masks = cycled(masks, reference.shape[0])
         std = masked_std(x, masks) / masked_std(reference, reference_masks)
         bands = band_powers(x, masks) / band_powers(reference, reference_masks)
         return std, tuple(float(b) for b in bands)

@@ -6,7 +6,7 @@ and the Mip-Splatting donut; a mesh: the clutch bag; panoramas: from text and fr
 bridge as a control (its crops copy canonical pixels, so nothing is averaged: it measures the sampler alone), for
 texture presets of different structure (marble: isotropic; stripes: oriented; camouflage: a mixture) and a few
 seeds, it runs the sampler with the product's settings (SyncTweedies, 30 DDIM steps) and compares, through the
-same masks:
+same masks and as a viewer shows them (rgb01, clamped to the valid colours; `--seen-as denoiser` for raw values):
 
 - std: the standard deviation of the delivered views' covered pixels over that of exact prior samples (contrast);
 - b1..b4: the power in four radial frequency bands over the prior's (detail; b4 is the finest);
@@ -32,8 +32,9 @@ same masks:
 A second table sets every row beside exact DDIM: closed-form samples of what deterministic DDIM delivers with the
 prior's exact posterior mean on the run's timesteps from x_T ~ N(0, I) (`GaussianTexturePrior.sample_ddim`), the
 sampler's own limit, over the prior, and the row's ratios over exact DDIM's: what the bridge loses beyond the sampler
-itself. The control's are 1 within sampling error (nothing is averaged, and the sampler's arithmetic is exact), so
-what is left of its gap to the prior is DDIM's on this schedule.
+itself. The control's windows each run alone, so each is set beside what DDIM makes of its own starting noise
+(`GaussianTexturePrior.ddim`): its ratios are 1 (the sampler's arithmetic is exact; within 0.01 for the mixture, whose
+closed form follows one component per view), and what is left of its gap to the prior is DDIM's on this schedule.
 
 Each ratio r counts as max(r, 1/r). The last line is
 `RESULT worst_std_ratio=<x> worst_band_ratio=<x> heldout_worst_std_ratio=<x> noise_lag1=<x> noise_shared=<x>` over
@@ -64,6 +65,7 @@ from sync_splat.apps.restyle import orbit_cameras
 from sync_splat.bridges.base import Bridge
 from sync_splat.bridges.mesh import MeshBridgeConfig
 from sync_splat.bridges.splat import SplatBridgeConfig
+from sync_splat.codec import decode_pixels
 from sync_splat.denoisers.prior import GaussianTexturePrior, GaussianTexturePriorConfig
 from sync_splat.errors import InputError, one_line_errors
 from sync_splat.sampler import StepSpacing, SyncConfig, SyncSampler
@@ -76,6 +78,7 @@ from sync_splat.studies.fidelity import (
     component_fractions,
     lag_correlation,
     masked_std,
+    most_probable_components,
     shared_correlation,
     texel_shared_correlation,
 )
@@ -85,6 +88,9 @@ StartingNoise = Literal["integral", "sqrt_weights", "independent"]
 """The splat bridge's constructions, and i.i.d. noise per view (the sampler's `consistent_noise=False`)."""
 PRODUCT_BRIDGES = ("splat-demo", "splat-donut", "mesh-clutch", "panorama-text", "panorama-depth")
 CONTROL = "wide-control"
+CONTROL_WINDOWS = 64
+"""Views side by side in the control's wide image: it runs in seconds, so it can afford enough windows for its
+ratios over the prior to resolve a few percent (3 windows and 2 seeds scattered them by 0.1)."""
 
 
 @dataclass(frozen=True)
@@ -194,8 +200,12 @@ class FidelityBench:
     """Columns between the control's windows (None: the view side, so no two windows overlap and nothing is
     averaged). A smaller stride overlaps windows that are translations of one image: what averaging costs when the
     views agree exactly on geometry and noise."""
-    prior_samples: int = 64
-    """Exact prior samples that set the reference statistics."""
+    seen_as: Literal["image", "denoiser"] = "image"
+    """Where the statistics are taken: "image", the colours a viewer shows (rgb01, clamped to [0, 1]), or
+    "denoiser", the raw values, where a Gaussian texture exceeds the valid colours (15 % of marble's pixels) and
+    a scene of RGB colours, as the splats' is, cannot follow it."""
+    prior_samples: int = 256
+    """Exact prior samples that set the reference statistics (and exact DDIM samples, drawn alike)."""
     threads: int | None = None
     """torch CPU threads (None: torch's default)."""
 
@@ -293,8 +303,10 @@ class FidelityBench:
             )
         size = prior.native_size
         stride = size if self.control_stride is None else self.control_stride
-        instance = WideImageBridge(3, size, 3 * size, stride=stride)
-        return Setting(name, instance, WideImageBridge(3, size, 3 * size, stride=size // 3))
+        width = CONTROL_WINDOWS * size
+        return Setting(
+            name, WideImageBridge(3, size, width, stride=stride), WideImageBridge(3, size, width, stride=size // 3)
+        )
 
     # ---- one measurement ----------------------------------------------------------------------------------------
 
@@ -348,7 +360,9 @@ class FidelityBench:
         if setting.one_view is not None and one_view is None:
             one_view = self.one_view_ratios(prior, setting.one_view, bridge.num_views)
         g_keeps = self.contrast_g_keeps(prior, bridge, mask)
-        exact_ddim = self.exact_ddim_ratios(prior, sampler, masks, reference, fractions)
+        alone = name == CONTROL and self.control_stride is None  # windows side by side: each view runs alone
+        paired = (torch.cat(starts), views_t) if alone else None
+        exact_ddim = self.exact_ddim_ratios(prior, sampler, masks, reference, fractions, paired)
         return Row(
             name, preset, noise, std, bands, held_out_std, held_out_bands, mix, fit_db, lag1, shared, one_view,
             g_keeps, exact_ddim,
@@ -361,14 +375,23 @@ class FidelityBench:
         masks: Tensor,
         reference: Tensor,
         fractions: Tensor | None,
+        paired: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[float, ...]:
-        """Std and band ratios of exact DDIM samples (closed form, on the sampler's timesteps) over the prior samples
-        `reference`, with the reference's component fractions and through the same masks."""
+        """Std and band ratios, over the prior samples `reference`, of what exact DDIM delivers on the sampler's
+        timesteps (closed form), through the same masks: `prior_samples` draws from x_T ~ N(0, I) with the
+        reference's component fractions, or, given `paired` (the views' starting noise and their results, where
+        every view runs alone), what DDIM makes of each view's own noise, the component its result shows: then a
+        sampler that is exactly DDIM scores exactly 1, with no sampling error between two draws."""
         alpha_bars = sampler.schedule.alpha_bars(sampler.num_steps)
-        x = prior.sample_ddim(
-            self.prior_samples, *reference.shape[2:], alpha_bars, torch.Generator().manual_seed(5678), weights=fractions
-        )
-        std, bands = self.ratios(x, cycled(masks, x.shape[0]), reference)
+        if paired is not None:
+            starts, delivered = paired
+            components = most_probable_components(prior, delivered) if prior.num_components > 1 else None
+            x = prior.ddim(starts, alpha_bars, components)
+        else:
+            generator = torch.Generator().manual_seed(5678)
+            x = prior.sample_ddim(self.prior_samples, *reference.shape[2:], alpha_bars, generator, weights=fractions)
+            masks = cycled(masks, x.shape[0])
+        std, bands = self.ratios(x, masks, reference)
         return (std, *bands)
 
     def contrast_g_keeps(self, prior: GaussianTexturePrior, bridge: Bridge, mask: Tensor) -> float:
@@ -381,7 +404,8 @@ class FidelityBench:
             kept.append(bridge.project(bridge.unproject(x), background=x).cpu())
             samples.append(x)
         masks = mask.repeat(self.seeds, 1, 1, 1)
-        return masked_std(torch.cat(kept), masks) / masked_std(torch.cat(samples), masks)
+        kept_t, samples_t = self.seen(torch.cat(kept)), self.seen(torch.cat(samples))
+        return masked_std(kept_t, masks) / masked_std(samples_t, masks)
 
     def one_view_ratios(
         self, prior: GaussianTexturePrior, one_view: Callable[[int], Bridge], num_views: int
@@ -395,14 +419,18 @@ class FidelityBench:
             fitted.append(bridge.project(bridge.unproject(sample), background=sample).cpu())
             samples.append(sample.cpu())
             masks.append(bridge.coverage().cpu() > 0.99)
-        x, y, mask = torch.cat(fitted), torch.cat(samples), torch.cat(masks)
+        x, y, mask = self.seen(torch.cat(fitted)), self.seen(torch.cat(samples)), torch.cat(masks)
         return (masked_std(x, mask) / masked_std(y, mask), *(band_powers(x, mask) / band_powers(y, mask)).tolist())
 
-    @staticmethod
-    def ratios(x: Tensor, masks: Tensor, reference: Tensor) -> tuple[float, tuple[float, ...]]:
+    def seen(self, x: Tensor) -> Tensor:
+        """Views in the space the statistics are taken in (`seen_as`)."""
+        return decode_pixels(x) if self.seen_as == "image" else x
+
+    def ratios(self, x: Tensor, masks: Tensor, reference: Tensor) -> tuple[float, tuple[float, ...]]:
         """Std and band-power ratios of `x` over the prior samples `reference`, the samples seen through the same
-        masks (cycled)."""
+        masks (cycled), both as `seen`."""
         reference_masks = cycled(masks, reference.shape[0])
+        x, reference = self.seen(x), self.seen(reference)
         std = masked_std(x, masks) / masked_std(reference, reference_masks)
         bands = band_powers(x, masks) / band_powers(reference, reference_masks)
         return std, tuple(float(b) for b in bands)

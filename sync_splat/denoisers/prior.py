@@ -225,40 +225,68 @@ class GaussianTexturePrior:
         dtype: torch.dtype = torch.float32,
         weights: Float[Tensor, " M"] | None = None,
     ) -> Float[Tensor, "N 3 h w"]:
-        """Exact samples of what deterministic DDIM (eta = 0) delivers from x_T ~ N(0, I) on these timesteps with
-        this prior's posterior mean, in closed form: the sampler's own limit, with nothing synchronised.
-
-        With one component the posterior mean is linear, so each DDIM step multiplies the state's deviation
-        `d_t = x_t - sqrt(a_t) mu` in the eigenbasis by `(sqrt(a_s a_t) lam + sqrt((1 - a_s)(1 - a_t))) / (a_t lam +
-        1 - a_t)`, at most `sqrt(a_s lam + 1 - a_s) / sqrt(a_t lam + 1 - a_t)` (the exact flow's) and less the larger
-        the step, and the result is a Gaussian field with a known spectrum. Two things keep it from the prior: a
-        schedule whose first alpha_bar is not 0 (Stable Diffusion's is 0.0047 at t = 999) leaves out the share of
-        x_T that strong components still hold there, and coarse steps shrink the components whose signal-to-noise
-        ratio crosses 1 within a step. For a mixture each image is drawn from one component as if it alone were the
-        prior: an approximation, since the real sampler must first tell the components apart.
+        """Exact samples of what deterministic DDIM delivers from x_T ~ N(0, I) on these timesteps with this prior's
+        posterior mean: `ddim` of fresh noise, each image's component drawn with `weights` (the prior's by default).
 
         Args:
             num, h, w, generator, dtype, weights: as `sample`.
-            alpha_bars: alpha_bar at each step's timestep, from the first (x_T) to where the last step lands.
+            alpha_bars: as `ddim`.
 
         Returns:
             x0, `[num, 3, h, w]`.
         """
+        device = generator.device if generator is not None else torch.device("cpu")
+        chosen = self._choose_components(num, weights, generator, device)
+        start = torch.randn(num, 3, h, w, generator=generator, dtype=torch.float64, device=device)
+        return self.ddim(start, alpha_bars, chosen).to(dtype)
+
+    def ddim(
+        self, x_T: Float[Tensor, "N 3 h w"], alpha_bars: Sequence[float], components: Int[Tensor, " N"] | None = None
+    ) -> Float[Tensor, "N 3 h w"]:
+        """What deterministic DDIM (eta = 0) with this prior's posterior mean makes of the starting noise `x_T` on
+        these timesteps, in closed form: the sampler's own limit, with nothing synchronised.
+
+        With one component the posterior mean is linear, so each DDIM step multiplies the state's deviation
+        `d_t = x_t - sqrt(a_t) mu` in the eigenbasis by `(sqrt(a_s a_t) lam + sqrt((1 - a_s)(1 - a_t))) / (a_t lam +
+        1 - a_t)`, at most `sqrt(a_s lam + 1 - a_s) / sqrt(a_t lam + 1 - a_t)` (the exact flow's) and less the larger
+        the step, and DDIM from white noise delivers a Gaussian field with a known spectrum. Two things keep it from
+        the prior: a schedule whose first alpha_bar is not 0 (Stable Diffusion's is 0.0047 at t = 999) leaves out the
+        share of x_T that strong components still hold there, and coarse steps shrink the components whose
+        signal-to-noise ratio crosses 1 within a step. For a mixture each image follows its entry of `components`
+        as if that component alone were the prior: an approximation, since the real sampler must first tell the
+        components apart.
+
+        Args:
+            x_T: the starting noise, `[N, 3, h, w]`.
+            alpha_bars: alpha_bar at each step's timestep, from the first (x_T) to where the last step lands.
+            components: the component each image follows; None for a one-component prior.
+
+        Returns:
+            x0 in x_T's dtype, `[N, 3, h, w]`.
+        """
         if len(alpha_bars) < 2 or not all(0.0 < a <= 1.0 for a in alpha_bars):
             raise ValueError(f"alpha_bars must be at least two values in (0, 1], got {list(alpha_bars)}")
-        device = generator.device if generator is not None else torch.device("cpu")
-        factors = self._spectral_factors(h, w, device)
-        chosen = self._choose_components(num, weights, generator, device)
-        eigvals = factors.eigvals[chosen]
+        if components is None:
+            if self.num_components > 1:
+                raise ValueError(f"this prior mixes {self.num_components} components: say which each image follows")
+            components = torch.zeros(x_T.shape[0], dtype=torch.long)
+        if components.shape != (x_T.shape[0],):
+            raise ValueError(
+                f"components must hold one index per image ({x_T.shape[0]}), got shape {tuple(components.shape)}"
+            )
+        device = x_T.device
+        components = components.to(device)
+        factors = self._spectral_factors(*x_T.shape[2:], device)
+        eigvals = factors.eigvals[components]
         gain = torch.ones_like(eigvals)
         for a_t, a_s in zip(alpha_bars[:-1], alpha_bars[1:], strict=True):
             gain = (
                 gain * (math.sqrt(a_s * a_t) * eigvals + math.sqrt((1 - a_s) * (1 - a_t))) / (a_t * eigvals + 1 - a_t)
             )
-        means = self.means.to(device)[chosen][:, :, None, None]
-        start = torch.randn(num, 3, h, w, generator=generator, dtype=torch.float64, device=device)
-        deviation = self._filter(start - math.sqrt(alpha_bars[0]) * means, factors.eigvecs[chosen], gain)
-        return (deviation + math.sqrt(alpha_bars[-1]) * means).to(dtype)
+        means = self.means.to(device)[components][:, :, None, None]
+        start = x_T.to(torch.float64)
+        deviation = self._filter(start - math.sqrt(alpha_bars[0]) * means, factors.eigvecs[components], gain)
+        return (deviation + math.sqrt(alpha_bars[-1]) * means).to(x_T.dtype)
 
     def _choose_components(
         self, num: int, weights: Tensor | None, generator: torch.Generator | None, device: torch.device

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sync_splat.bridges.splat_fit import SplatLinearSystem
@@ -89,11 +89,17 @@ def component_fractions(prior: GaussianTexturePrior, x: Float[Tensor, "N 3 h w"]
     The posterior at t = 0 allows for the noise a sampler's last step leaves (variance `1 - alpha_bar(0)`), which is
     larger than the smallest components' variance at high frequencies; a clean-image likelihood would not.
     """
-    chosen = prior.responsibilities(x, t=0).argmax(dim=1)
+    chosen = most_probable_components(prior, x)
     return torch.bincount(chosen, minlength=prior.num_components).double() / x.shape[0]
 
 
-__all__ = ["BANDS", "band_powers", "component_fractions", "lag_correlation", "masked_std"]
+def most_probable_components(prior: GaussianTexturePrior, x: Float[Tensor, "N 3 h w"]) -> Int[Tensor, " N"]:
+    """The most probable component of each image `x` under the posterior p(m | x) at t = 0 (see
+    `component_fractions`)."""
+    return prior.responsibilities(x, t=0).argmax(dim=1)
+
+
+__all__ = ["BANDS", "band_powers", "component_fractions", "lag_correlation", "masked_std", "most_probable_components"]
 
 
 def same_surface_pixels(

@@ -154,6 +154,25 @@ def test_closed_form_ddim_on_fine_steps_from_pure_noise_is_the_prior() -> None:
         prior.sample_ddim(1, 8, 8, [0.5])
 
 
+def test_closed_form_ddim_of_a_mixture_follows_the_named_components() -> None:
+    """Each image of a mixture follows the component it names: the same noise through one component of camouflage
+    is what a prior of that component alone makes of it."""
+    prior = GaussianTexturePrior.from_prompt("camouflage")
+    alpha_bars = prior.schedule.alpha_bars(10)
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for index, component in enumerate(prior.components):
+        alone = GaussianTexturePrior([component], schedule=prior.schedule)
+        named = prior.ddim(x_T, alpha_bars, torch.tensor([index, index]))
+        torch.testing.assert_close(named, alone.ddim(x_T, alpha_bars))
+    first, second = prior.ddim(x_T, alpha_bars, torch.tensor([0, 1])), prior.ddim(x_T, alpha_bars, torch.tensor([1, 1]))
+    torch.testing.assert_close(first[1], second[1])
+    assert not torch.allclose(first[0], second[0])
+    with pytest.raises(ValueError, match="say which each image follows"):
+        prior.ddim(x_T, alpha_bars)
+    with pytest.raises(ValueError, match="one index per image"):
+        prior.ddim(x_T, alpha_bars, torch.tensor([0]))
+
+
 @pytest.mark.parametrize("preset", ["marble", "stripes", "terrazzo"])
 def test_samples_match_power_spectrum(preset: str) -> None:
     prior = GaussianTexturePrior.from_prompt(preset)
